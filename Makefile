@@ -1,0 +1,29 @@
+# mmhsa: `make help` lists the targets.
+SHELL := /bin/bash
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The stamp is keyed on the dependency list, so a second `make setup` is instant
+# and any change to pyproject.toml reinstalls.
+DEPS_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
+STAMP := $(VENV)/.installed-$(DEPS_HASH)
+
+.PHONY: help setup test bench-op
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(STAMP)  ## create .venv with pip and install the project (editable) and its test tools
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+test: setup  ## run the whole test suite in one pytest process (CPU; Triton under TRITON_INTERPRET=1)
+	@$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 0; fi; exit $$rc
+
+bench-op: setup  ## operator benchmark: HSA vs flat and block-diagonal SDPA (ARGS="--device cuda" on a GPU)
+	$(PY) benchmarks/bench_op.py $(ARGS)
