@@ -55,9 +55,10 @@ def _reduce_up(
         leaf_ids, local = plan.level_leaves(d)
         if len(leaf_ids):
             out = out.index_add(1, local, leaf_values[:, leaf_ids])
-        below = plan.level(d + 1)
-        child = levels[d + 1] if child_term is None else child_term(levels[d + 1], d + 1)
-        out = out.index_add(1, plan.parent_local[below], child * weight[below][None, :, None])
+        if d + 1 < plan.num_levels:
+            below = plan.level(d + 1)
+            child = levels[d + 1] if child_term is None else child_term(levels[d + 1], d + 1)
+            out = out.index_add(1, plan.parent_local[below], child * weight[below][None, :, None])
         levels[d] = out
     return torch.cat(levels, dim=1)
 
@@ -134,7 +135,8 @@ def hsa_torch(
     leave = torch.where(sib, torch.where(stays, torch.sigmoid(eta - lam), 1.0), 0.0)
     roots = plan.level_ptr[1]
     reach = [lam.new_zeros(lam.shape[0], roots)]
-    out = [u.new_zeros(u.shape[0], roots, dv)]
+    # Roots output nothing; multiplying (not new_zeros) keeps even an all-lone-leaf batch in the graph.
+    out = [rv[:, :roots] * 0.0]
     for depth in range(1, plan.num_levels):
         sl = plan.level(depth)
         up = plan.parent_local[sl]

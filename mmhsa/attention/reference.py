@@ -21,6 +21,7 @@ def hsa_matrix(
     pos: torch.Tensor | None = None,
     include_self: bool = False,
     scale: float | None = None,
+    compute_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Dense HSA attention matrix.
 
@@ -30,12 +31,14 @@ def hsa_matrix(
         pos: optional [M, H, C] or [M, C] node position vectors e(A) (pre-order).
         include_self: let a leaf attend to itself (flat case = softmax with the diagonal).
         scale: logit scale t (default 1/sqrt(D)).
+        compute_dtype: arithmetic dtype (default fp32, fp64 for fp64 inputs); tests set fp16/bf16
+            to measure what a naive low-precision computation loses.
 
     Returns:
         theta: [H, N, N], row i = leaf i's attention weights (rows sum to 1, or 0 if nothing to attend).
     """
     t, pos = check_inputs(q, k, None, hierarchy, pos, scale)
-    acc = accumulation_dtype(q.dtype)
+    acc = compute_dtype or accumulation_dtype(q.dtype)
     h = hierarchy
     mem = h.membership(acc)  # [M, N]
     n = mem.sum(1)  # [M]
@@ -83,8 +86,11 @@ def hsa_matrix(
     return theta
 
 
-def hsa_reference(q, k, v, hierarchy, *, pos=None, include_self=False, scale=None) -> torch.Tensor:
+def hsa_reference(
+    q, k, v, hierarchy, *, pos=None, include_self=False, scale=None, compute_dtype=None
+) -> torch.Tensor:
     """``theta @ v`` with the dense matrix; returns [N, H, Dv] in the dtype of ``v``."""
-    theta = hsa_matrix(q, k, hierarchy, pos=pos, include_self=include_self, scale=scale)
+    theta = hsa_matrix(q, k, hierarchy, pos=pos, include_self=include_self, scale=scale,
+                       compute_dtype=compute_dtype)
     out = theta @ v.to(theta.dtype).transpose(0, 1)  # [H, N, Dv]
     return out.transpose(0, 1).to(v.dtype)
