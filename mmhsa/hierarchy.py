@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["Hierarchy", "LevelPlan", "DOMAINS"]
+__all__ = ["Hierarchy", "LevelPlan", "FamilyLayout", "DOMAINS"]
 
 #: Position domains of a family: how siblings are placed relative to each other.
 #: ``set``: unordered (no position); ``index``: 1-D integer position; ``grid``: 2-D (row, col);
@@ -50,12 +50,9 @@ class LevelPlan:
     leaves_local: torch.Tensor  # [N] their index within their level
     leaf_level_ptr: tuple[int, ...]  # L+2 offsets of each level's leaves in leaves_by_level
     level_leaf_first: tuple[int | None, ...]  # first leaf id if level d is exactly leaves a..a+size-1
-    family_start: torch.Tensor  # [F] level-order position of each family's first child
+    family_start: torch.Tensor  # [F] level-order position of each family's first child (varlen starts)
     family_size: torch.Tensor  # [F] children per family
-    # Per bucket of similar-size families: (padded size S, members [F_b, S] level-order positions
-    # (padding repeats the family's first child), valid [F_b, S] bool).
-    buckets: tuple[tuple[int, torch.Tensor, torch.Tensor], ...]
-    bucket_gather: torch.Tensor  # [M - M_roots] flat padded-bucket slot of each non-root node
+    families: tuple["FamilyLayout | None", ...]  # per level (None for the roots' level)
 
     @property
     def num_levels(self) -> int:
@@ -76,23 +73,62 @@ class LevelPlan:
             value = getattr(self, f.name)
             if isinstance(value, torch.Tensor):
                 moved[f.name] = value.to(device)
-            elif f.name == "buckets":
-                moved[f.name] = tuple((size, idx.to(device), ok.to(device)) for size, idx, ok in value)
+            elif f.name == "families":
+                moved[f.name] = tuple(None if lay is None else lay.to(device) for lay in value)
         return replace(self, **moved)
 
 
-def _size_buckets(sizes: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """Group family ids by size: each bucket pads to its largest member (ratio <= BUCKET_RATIO)."""
+@dataclass(frozen=True)
+class FamilyLayout:
+    """How the families of one level (its nodes grouped by parent) are batched for attention.
+
+    ``size`` set: every family has exactly ``size`` members, so the level is a ``[F, size]`` view
+    (no copies; the common case of regular video and text grids). Otherwise families of similar
+    size share padded buckets: ``buckets`` holds (padded size S, members [F_b, S] level-local
+    indices, padding repeating the family's first member, valid [F_b, S]), and ``gather`` [M_d]
+    is each node's slot in the concatenation of the flattened buckets.
+    """
+
+    size: int | None
+    buckets: tuple[tuple[int, torch.Tensor, torch.Tensor], ...] = ()
+    gather: torch.Tensor | None = None
+    single_leaf_keys: bool = False  # every member covers one leaf: the key bias log n(B) is all zero
+
+    def to(self, device) -> "FamilyLayout":
+        return FamilyLayout(
+            self.size,
+            tuple((s, m.to(device), v.to(device)) for s, m, v in self.buckets),
+            None if self.gather is None else self.gather.to(device),
+            self.single_leaf_keys,
+        )
+
+
+def _family_layout(
+    family_start: np.ndarray, family_size: np.ndarray, n: np.ndarray, lo: int, hi: int
+) -> FamilyLayout:
+    """The :class:`FamilyLayout` of the level occupying level-order positions ``lo..hi-1``."""
+    mine = (family_start >= lo) & (family_start < hi)
+    starts, sizes = family_start[mine] - lo, family_size[mine]
+    if np.all(sizes == sizes[0]):  # families tile the level in order: a plain reshape
+        return FamilyLayout(int(sizes[0]), single_leaf_keys=bool(np.all(n[lo:hi] == 1)))
     order = np.argsort(-sizes, kind="stable")
-    buckets, start = [], 0
-    while start < len(order):
-        top = int(sizes[order[start]])
-        end = start
-        while end < len(order) and sizes[order[end]] * BUCKET_RATIO >= top:
-            end += 1
-        buckets.append((top, np.sort(order[start:end])))
-        start = end
-    return buckets
+    gather = np.empty(hi - lo, dtype=np.int64)
+    buckets, first, offset = [], 0, 0
+    while first < len(order):
+        top = int(sizes[order[first]])
+        last = first
+        while last < len(order) and sizes[order[last]] * BUCKET_RATIO >= top:
+            last += 1
+        fam = np.sort(order[first:last])
+        members = starts[fam][:, None] + np.arange(top)[None, :]
+        valid = np.arange(top)[None, :] < sizes[fam][:, None]
+        slots = offset + np.arange(len(fam))[:, None] * top + np.arange(top)[None, :]
+        gather[members[valid]] = slots[valid]
+        members = np.where(valid, members, starts[fam][:, None])
+        buckets.append((top, torch.from_numpy(members), torch.from_numpy(valid)))
+        offset += len(fam) * top
+        first = last
+    return FamilyLayout(None, tuple(buckets), torch.from_numpy(gather))
 
 
 def _preorder_check(parent: np.ndarray, subtree: np.ndarray) -> str | None:
@@ -246,18 +282,10 @@ class Hierarchy:
         np.minimum.at(first_child, parent[parent >= 0], pos[np.nonzero(parent >= 0)[0]])
         family_start = first_child[internal]
         family_size = num_children[internal]
-        buckets = _size_buckets(family_size)
-        # Where each non-root node sits in the concatenation of the flattened padded buckets.
-        gather = np.empty(m - level_ptr[1], dtype=np.int64)
-        offset, bucket_arrays = 0, []
-        for size, fam in buckets:
-            slots = offset + np.arange(len(fam))[:, None] * size + np.arange(size)[None, :]
-            members = family_start[fam][:, None] + np.arange(size)[None, :]
-            valid = np.arange(size)[None, :] < family_size[fam][:, None]
-            gather[members[valid] - level_ptr[1]] = slots[valid]
-            members = np.where(valid, members, family_start[fam][:, None])
-            bucket_arrays.append((int(size), torch.from_numpy(members), torch.from_numpy(valid)))
-            offset += len(fam) * size
+        families = [None] + [
+            _family_layout(family_start, family_size, n_lvl, level_ptr[d], level_ptr[d + 1])
+            for d in range(1, len(level_ptr) - 1)
+        ]
         level_leaf_first = []
         for d in range(len(level_ptr) - 1):
             ids = leaves_by_level[leaf_level_ptr[d]:leaf_level_ptr[d + 1]]
@@ -271,8 +299,7 @@ class Hierarchy:
             has_sibling=t(siblings >= 2), leaf_pos=t(leaf_pos), leaves_by_level=t(leaves_by_level),
             leaves_local=t(leaves_local), leaf_level_ptr=tuple(int(x) for x in leaf_level_ptr),
             level_leaf_first=tuple(level_leaf_first),
-            family_start=t(family_start), family_size=t(family_size),
-            buckets=tuple(bucket_arrays), bucket_gather=t(gather),
+            family_start=t(family_start), family_size=t(family_size), families=tuple(families),
         )
 
     # -------------------------------------------------------------- builders

@@ -141,9 +141,17 @@ def test_plan_invariants(seed):
         assert len(set(h.parent[members].tolist())) == 1
         covered[start:start + size] += 1
     assert covered[: p.level_ptr[1]].sum() == 0 and torch.all(covered[p.level_ptr[1]:] == 1)
-    assert sorted(p.bucket_gather.tolist()) == sorted(set(p.bucket_gather.tolist()))
-    for size, members, valid in p.buckets:
-        assert members.shape == valid.shape and members.shape[1] == size
+    for d in range(1, p.num_levels):  # each level's families: a reshape, or buckets covering every node once
+        layout, count = p.families[d], p.level_ptr[d + 1] - p.level_ptr[d]
+        sizes = p.family_size[(p.family_start >= p.level_ptr[d]) & (p.family_start < p.level_ptr[d + 1])]
+        if layout.size is not None:
+            assert torch.all(sizes == layout.size) and count % layout.size == 0
+            continue
+        slots = []
+        for size, members, valid in layout.buckets:
+            assert members.shape == valid.shape and members.shape[1] == size
+            slots.append(members.flatten())
+        assert sorted(torch.cat(slots)[layout.gather].tolist()) == list(range(count))
     assert torch.equal(p.node[p.leaf_pos], h.leaf_node)
     assert torch.allclose(p.n, (h.leaf_end - h.leaf_start)[p.node].double())
 
@@ -154,7 +162,9 @@ def test_to_device_keeps_host_metadata():
     assert same is h
     moved = h.to("meta")
     assert moved.parent.device.type == "meta" and moved.plan.node.device.type == "meta"
-    assert moved.plan.buckets[0][1].device.type == "meta"
+    assert moved.plan.families[1].buckets == () and moved.plan.family_start.device.type == "meta"
+    irregular = Hierarchy.from_nested([[0, 1], [2, 3, 4]]).to("meta")
+    assert irregular.plan.families[2].buckets[0][1].device.type == "meta"
     assert h.parent.device.type == "cpu"
 
 

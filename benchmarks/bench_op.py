@@ -1,0 +1,276 @@
+"""Operator benchmark: HSA (torch dynamic program) against flat and block-diagonal attention.
+
+For trees shaped like videos (clips x frames x patches) and texts (sections x sentences x tokens) it
+times, in one process so that ratios are like for like:
+
+- ``hsa``: mmhsa.hsa, backend "torch" (and "triton" on CUDA once available);
+- ``flat``: ``scaled_dot_product_attention`` over all leaves (skipped above ``--flat-max`` leaves);
+- ``blockdiag``: ``scaled_dot_product_attention`` inside each leaf family only (frames, sentences):
+  the work HSA cannot avoid, so its floor.
+
+Forward and forward+backward, median of repeats; peak memory of each in a fresh subprocess (peak RSS
+growth on CPU, ``max_memory_allocated`` on CUDA). Prints a table, writes JSON and a log-log plot.
+
+Large temporaries on CPU go through glibc malloc, which by default maps and unmaps every big block, so
+each call pays page faults; ``--malloc tuned`` (the default) re-runs the script with glibc told to keep
+freed memory (``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``), as PyTorch's CPU tuning guides
+recommend a caching allocator. Both sides of every ratio run under the same allocator.
+
+    python benchmarks/bench_op.py [--device cuda] [--malloc default] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mmhsa import Hierarchy, hsa  # noqa: E402
+
+TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+OUT_DIR = Path(__file__).resolve().parent / "results"
+
+
+# ------------------------------------------------------------------ cases
+def video_case(clips: int, frames: int, side: int) -> tuple[str, Hierarchy]:
+    h = Hierarchy.regular([clips, frames, (side, side)], kinds=["video", "clip", "frame", "patch"],
+                          domains=["time", "index", "grid"])
+    return f"video {clips}x{frames}x{side * side}", h
+
+
+def text_case(sections: int, sentences: int, tokens: int, seed: int = 0) -> tuple[str, Hierarchy]:
+    """Irregular text: each section has 0.5x..1.5x `sentences` sentences of 0.5x..1.5x `tokens` tokens."""
+    rng = np.random.default_rng(seed)
+    tree, leaf = [], 0
+    for _ in range(sections):
+        section = []
+        for _ in range(int(rng.integers(sentences // 2, sentences * 3 // 2 + 1))):
+            length = int(rng.integers(tokens // 2, tokens * 3 // 2 + 1))
+            section.append(list(range(leaf, leaf + length)))
+            leaf += length
+        tree.append(section)
+    return f"text {sections}x~{sentences}x~{tokens}", Hierarchy.from_nested(tree)
+
+
+def cases(quick: bool) -> list[tuple[str, Hierarchy]]:
+    if quick:
+        return [video_case(2, 4, 7), text_case(4, 4, 12)]
+    return [
+        video_case(8, 8, 7), video_case(8, 8, 14), video_case(16, 8, 14), video_case(32, 8, 14),
+        text_case(16, 8, 24), text_case(64, 8, 24),
+    ]
+
+
+# ------------------------------------------------------------------ methods
+def leaf_families(h: Hierarchy) -> list[tuple[int, int, int]]:
+    """(first leaf, family size, count) runs of consecutive equal-size families of leaves."""
+    p = h.plan
+    child_nodes = p.node[p.family_start]  # first child of every family (the trees here are homogeneous)
+    is_leaf_family = h.num_children[child_nodes] == 0
+    starts = h.leaf_start[child_nodes[is_leaf_family]].tolist()
+    sizes = p.family_size[is_leaf_family].tolist()
+    runs: list[list[int]] = []
+    for s, n in zip(starts, sizes):
+        if runs and runs[-1][1] == n and runs[-1][0] + runs[-1][1] * runs[-1][2] == s:
+            runs[-1][2] += 1
+        else:
+            runs.append([s, n, 1])
+    return [tuple(r) for r in runs]
+
+
+def make_methods(h: Hierarchy, q, k, v):
+    runs = leaf_families(h)
+    heads_first = [x.transpose(0, 1) for x in (q, k, v)]  # [H, N, D] views
+
+    def blockdiag():
+        outs = []
+        for start, size, count in runs:  # each run of equal families: one batched SDPA call
+            sl = slice(start, start + size * count)
+            qq, kk, vv = (x[:, sl].unflatten(1, (count, size)).transpose(0, 1) for x in heads_first)
+            outs.append(F.scaled_dot_product_attention(qq, kk, vv))
+        return outs
+
+    return {
+        "hsa": lambda: hsa(q, k, v, h, backend="torch"),
+        "flat": lambda: F.scaled_dot_product_attention(*[x[None] for x in heads_first]),
+        "blockdiag": blockdiag,
+    }
+
+
+def run(fn, backward: bool):
+    out = fn()
+    if backward:
+        outs = out if isinstance(out, list) else [out]
+        torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+
+
+def time_ms(fn, backward: bool, repeats: int, device: str) -> float:
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    run(fn, backward)  # warm-up
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        run(fn, backward)
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def inputs(h: Hierarchy, heads: int, dim: int, dtype, device, grad: bool):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(h.num_leaves, heads, dim, generator=g).to(device, dtype).requires_grad_(grad)
+            for _ in range(3)]
+
+
+def peak_memory_mb(case: int, method: str, backward: bool, args) -> float | None:
+    """Peak memory of one call, measured in a fresh process (default allocator: nothing cached)."""
+    env = {k: v for k, v in os.environ.items() if k not in TUNED_MALLOC}
+    cmd = [sys.executable, __file__, "--device", args.device, "--heads", str(args.heads), "--dim", str(args.dim),
+           "--dtype", args.dtype, "--memory-probe", f"{case}:{method}:{int(backward)}"] + (["--quick"] if args.quick else [])
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    if res.returncode != 0:
+        print(f"  memory probe {method} failed: {res.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return float(res.stdout.strip().splitlines()[-1])
+
+
+def _rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory_probe(spec: str, args) -> None:
+    case, method, backward = spec.split(":")
+    _, h = cases(args.quick)[int(case)]
+    h = h.to(args.device)
+    dtype = getattr(torch, args.dtype)
+    q, k, v = inputs(h, args.heads, args.dim, dtype, args.device, grad=backward == "1")
+    fn = make_methods(h, q, k, v)[method]
+    run(fn, backward == "1")  # warm-up: one-time allocations of the autograd engine and thread pools
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        run(fn, backward == "1")
+        torch.cuda.synchronize()
+        print((torch.cuda.max_memory_allocated() - base) / 2**20)
+        return
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM) to the current RSS
+    base = _rss_kb("VmRSS:")
+    run(fn, backward == "1")
+    print((_rss_kb("VmHWM:") - base) / 1024)
+
+
+# ------------------------------------------------------------------ main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on CUDA")
+    ap.add_argument("--heads", type=int, default=None, help="default: 8 on CPU, 12 on CUDA")
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--flat-max", type=int, default=12544, help="largest leaf count for flat attention")
+    ap.add_argument("--malloc", choices=["tuned", "default"], default="tuned")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--quick", action="store_true", help="tiny cases (a smoke run)")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/bench_op_<device>.json)")
+    ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+    args.heads = args.heads or (12 if args.device == "cuda" else 8)
+    if args.memory_probe:
+        return memory_probe(args.memory_probe, args)
+    if args.device == "cpu" and args.malloc == "tuned" and any(os.environ.get(k) != v for k, v in TUNED_MALLOC.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **TUNED_MALLOC})
+    dtype = getattr(torch, args.dtype)
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or 'CPU'} x{torch.get_num_threads()} threads"
+    print(f"HSA operator benchmark: {device_name}, {args.dtype}, {args.heads} heads, head dim {args.dim}, "
+          f"malloc {args.malloc if args.device == 'cpu' else 'n/a'}, torch {torch.__version__}")
+    rows = []
+    for ci, (name, h) in enumerate(cases(args.quick)):
+        h = h.to(args.device)
+        n = h.num_leaves
+        for backward in (False, True):
+            q, k, v = inputs(h, args.heads, args.dim, dtype, args.device, grad=backward)
+            methods = make_methods(h, q, k, v)
+            row = {"case": name, "leaves": n, "nodes": h.num_nodes, "pass": "fwd+bwd" if backward else "fwd"}
+            for method, fn in methods.items():
+                if method == "flat" and n > args.flat_max:
+                    continue
+                reps = 1 if method == "flat" and n > 4000 else args.repeats
+                row[f"{method}_ms"] = time_ms(fn, backward, reps, args.device)
+                if not args.no_memory and method != "flat":
+                    row[f"{method}_peak_mb"] = peak_memory_mb(ci, method, backward, args)
+            row["hsa/blockdiag"] = row["hsa_ms"] / row["blockdiag_ms"]
+            if "flat_ms" in row:
+                row["flat/hsa"] = row["flat_ms"] / row["hsa_ms"]
+            rows.append(row)
+            print_row(row, header=len(rows) == 1)
+    OUT_DIR.mkdir(exist_ok=True)
+    stem = f"bench_op_{args.device}" + ("" if args.malloc == "tuned" or args.device != "cpu" else "_default_malloc")
+    out = Path(args.out) if args.out else OUT_DIR / f"{stem}.json"
+    meta = {"device": device_name, "dtype": args.dtype, "heads": args.heads, "dim": args.dim,
+            "malloc": args.malloc, "torch": torch.__version__, "repeats": args.repeats}
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    plot(rows, out.with_suffix(".png"), meta)
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+def print_row(row: dict, header: bool) -> None:
+    cols = [("case", 20, "{}"), ("leaves", 7, "{:,}"), ("pass", 8, "{}"), ("hsa_ms", 9, "{:.1f}"),
+            ("blockdiag_ms", 12, "{:.1f}"), ("flat_ms", 9, "{:.0f}"), ("hsa/blockdiag", 13, "{:.2f}"),
+            ("flat/hsa", 9, "{:.1f}"), ("hsa_peak_mb", 11, "{:.0f}"), ("blockdiag_peak_mb", 17, "{:.0f}")]
+    if header:
+        print(" ".join(f"{c:>{w}}" for c, w, _ in cols))
+    cells = []
+    for c, w, fmt in cols:
+        value = row.get(c)
+        cells.append(f"{'-' if value is None else fmt.format(value):>{w}}")
+    print(" ".join(cells), flush=True)
+
+
+def plot(rows: list[dict], path: Path, meta: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, pass_name in zip(axes, ("fwd", "fwd+bwd")):
+        for kind, marker in (("video", "o"), ("text", "s")):
+            sel = sorted((r for r in rows if r["pass"] == pass_name and r["case"].startswith(kind)),
+                         key=lambda r: r["leaves"])
+            for method, color in (("hsa", "C0"), ("blockdiag", "C2"), ("flat", "C3")):
+                pts = [(r["leaves"], r[f"{method}_ms"]) for r in sel if f"{method}_ms" in r]
+                if pts:
+                    ax.plot(*zip(*pts), marker=marker, color=color, linestyle="-" if kind == "video" else "--",
+                            label=f"{method} ({kind})")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("leaves (tokens)")
+        ax.set_title(pass_name)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("time (ms)")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"HSA vs flat / block-diagonal SDPA: {meta['device']}, {meta['dtype']}, "
+                 f"{meta['heads']} heads x {meta['dim']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
