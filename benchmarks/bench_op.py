@@ -73,37 +73,38 @@ def cases(quick: bool) -> list[tuple[str, Hierarchy]]:
 
 
 # ------------------------------------------------------------------ methods
-def leaf_families(h: Hierarchy) -> list[tuple[int, int, int]]:
-    """(first leaf, family size, count) runs of consecutive equal-size families of leaves."""
+def leaf_family_groups(h: Hierarchy) -> list[tuple[int, torch.Tensor | slice]]:
+    """Families of leaves grouped by size: (size, leaf index [F_s, size] or a slice when consecutive)."""
     p = h.plan
     child_nodes = p.node[p.family_start]  # first child of every family (the trees here are homogeneous)
-    is_leaf_family = h.num_children[child_nodes] == 0
-    starts = h.leaf_start[child_nodes[is_leaf_family]].tolist()
-    sizes = p.family_size[is_leaf_family].tolist()
-    runs: list[list[int]] = []
-    for s, n in zip(starts, sizes):
-        if runs and runs[-1][1] == n and runs[-1][0] + runs[-1][1] * runs[-1][2] == s:
-            runs[-1][2] += 1
+    leafy = h.num_children[child_nodes] == 0
+    starts, sizes = h.leaf_start[child_nodes[leafy]], p.family_size[leafy]
+    groups = []
+    for size in sorted(set(sizes.tolist())):
+        first = starts[sizes == size]
+        if torch.equal(first, first[0] + size * torch.arange(len(first))):  # a run: a plain view
+            groups.append((size, slice(int(first[0]), int(first[0]) + size * len(first))))
         else:
-            runs.append([s, n, 1])
-    return [tuple(r) for r in runs]
+            groups.append((size, first[:, None] + torch.arange(size)))
+    return groups
 
 
 def make_methods(h: Hierarchy, q, k, v):
-    runs = leaf_families(h)
-    heads_first = [x.transpose(0, 1) for x in (q, k, v)]  # [H, N, D] views
+    groups = leaf_family_groups(h)
 
     def blockdiag():
         outs = []
-        for start, size, count in runs:  # each run of equal families: one batched SDPA call
-            sl = slice(start, start + size * count)
-            qq, kk, vv = (x[:, sl].unflatten(1, (count, size)).transpose(0, 1) for x in heads_first)
+        for size, where in groups:  # one batched SDPA call per family size, as [F_s, H, size, D]
+            if isinstance(where, slice):
+                qq, kk, vv = (x[where].unflatten(0, (-1, size)).transpose(1, 2) for x in (q, k, v))
+            else:
+                qq, kk, vv = (x[where].transpose(1, 2) for x in (q, k, v))
             outs.append(F.scaled_dot_product_attention(qq, kk, vv))
         return outs
 
     return {
         "hsa": lambda: hsa(q, k, v, h, backend="torch"),
-        "flat": lambda: F.scaled_dot_product_attention(*[x[None] for x in heads_first]),
+        "flat": lambda: F.scaled_dot_product_attention(*[x.transpose(0, 1)[None] for x in (q, k, v)]),
         "blockdiag": blockdiag,
     }
 
