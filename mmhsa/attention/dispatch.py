@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..hierarchy import Hierarchy
 from .dynamic import hsa_torch
 from .reference import hsa_reference
 
-BACKENDS = ("auto", "torch", "reference")
+BACKENDS = ("auto", "torch", "triton", "reference")
+
+
+def triton_available(device: torch.device) -> bool:
+    """Whether the Triton kernels can run on ``device`` (CUDA, or CPU under TRITON_INTERPRET=1)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def hsa(
@@ -32,13 +43,26 @@ def hsa(
         include_self: let each leaf attend to itself (the flat case is then softmax attention with
             the diagonal, as in pretrained transformers).
         scale: logit scale (default 1/sqrt(D)).
-        backend: "torch" (exact dynamic program, any device), "reference" (dense theta, slow),
-            "auto" (the fastest available).
+        backend: "torch" (exact dynamic program, any device), "triton" (the family pass as Triton
+            kernels: CUDA, or CPU under TRITON_INTERPRET=1), "reference" (dense theta, slow),
+            "auto" (triton on CUDA, torch elsewhere).
 
     Returns:
         [N, H, Dv] in the dtype of ``v``.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown HSA backend {backend!r}; expected one of {BACKENDS}")
-    fn = hsa_reference if backend == "reference" else hsa_torch
-    return fn(q, k, v, hierarchy, pos=pos, include_self=include_self, scale=scale)
+    if backend == "auto":
+        backend = "triton" if q.device.type == "cuda" and triton_available(q.device) else "torch"
+    kwargs = dict(pos=pos, include_self=include_self, scale=scale)
+    if backend == "reference":
+        return hsa_reference(q, k, v, hierarchy, **kwargs)
+    if backend == "triton":
+        if not triton_available(q.device):
+            raise RuntimeError(
+                f"backend='triton' needs CUDA tensors (got {q.device}) or TRITON_INTERPRET=1 set before import"
+            )
+        from .triton import family_pass_triton
+
+        return hsa_torch(q, k, v, hierarchy, family_pass=family_pass_triton, **kwargs)
+    return hsa_torch(q, k, v, hierarchy, **kwargs)

@@ -6,7 +6,8 @@ node-major like the inputs (``[nodes, H, C]``) and kept per level in *level orde
 loops run over tree depth and over family-size buckets, never over nodes or families:
 
 1. bottom-up: leaf-count-weighted means rho_q, rho_k, rho_v of every node;
-2. per level, all its families at once: each child's attention over its siblings gives eta and u;
+2. all families (per level here; in one launch with the Triton pass): each child's attention over
+   its siblings gives eta and u;
 3. bottom-up: lam (log "stay inside" partition);
 4. top-down: R (log-probability of reaching a node's inside) and O (accumulated output);
 5. out_i = O(leaf i) (+ exp(R(leaf i)) v_i under include_self).
@@ -98,6 +99,25 @@ def _family_level(layout: FamilyLayout, log_n, rq, rk, rv) -> tuple[torch.Tensor
     return torch.cat(etas)[layout.gather], torch.cat(us)[layout.gather]
 
 
+def family_pass_torch(plan: LevelPlan, rq: list, rk: list, rv: list, log_n: torch.Tensor, kernel_dtype=None):
+    """Family attention of every level, level by level (all families of a level batched).
+
+    Args:
+        rq, rk, rv: per level [M_d, H, C] node statistics (scale and positions folded into rq, rk).
+        log_n: [M] log leaf counts (level order).
+        kernel_dtype: unused here (the Triton pass reads its inputs in this dtype).
+
+    Returns:
+        per level: eta [M_d, H] (-inf for roots and only children) and u [M_d, H, Dv].
+    """
+    eta, u = [torch.full(rv[0].shape[:2], float("-inf"), dtype=rv[0].dtype, device=rv[0].device)], [rv[0] * 0.0]
+    for d in range(1, plan.num_levels):
+        eta_d, u_d = _family_level(plan.families[d], log_n[plan.level(d)], rq[d], rk[d], rv[d])
+        eta.append(eta_d)
+        u.append(u_d)
+    return eta, u
+
+
 def hsa_torch(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -107,8 +127,12 @@ def hsa_torch(
     pos: torch.Tensor | None = None,
     include_self: bool = False,
     scale: float | None = None,
+    family_pass: Callable = family_pass_torch,
 ) -> torch.Tensor:
-    """HSA output by the dynamic program. Shapes as :func:`mmhsa.hsa`: q, k [N,H,D], v [N,H,Dv] -> [N,H,Dv]."""
+    """HSA output by the dynamic program. Shapes as :func:`mmhsa.hsa`: q, k [N,H,D], v [N,H,Dv] -> [N,H,Dv].
+
+    ``family_pass`` computes step 2 (the Triton backend passes its kernels here).
+    """
     t, pos = check_inputs(q, k, v, hierarchy, pos, scale)
     plan = hierarchy.plan
     levels = plan.num_levels
@@ -125,14 +149,9 @@ def hsa_torch(
         rq = [torch.cat([x, y], -1) for x, y in zip(rq, e)]
         rk = [torch.cat([x, y], -1) for x, y in zip(rk, e)]
 
-    # 2. Family attention, level by level (all families of a level batched).
-    log_n = plan.n.to(acc).log()
-    eta, u = [rv[0].new_zeros(rv[0].shape[:2])], [None]
-    for d in range(1, levels):
-        sl = plan.level(d)
-        eta_d, u_d = _family_level(plan.families[d], log_n[sl], rq[d], rk[d], rv[d])
-        eta.append(torch.where(plan.has_sibling[sl, None], eta_d, 0.0))  # no sibling: placeholder 0
-        u.append(u_d)
+    # 2. Family attention; no sibling (eta = -inf): placeholder 0, masked below.
+    eta, u = family_pass(plan, rq, rk, rv, plan.n.to(acc).log(), q.dtype)
+    eta = [torch.where(plan.has_sibling[plan.level(d), None], x, 0.0) for d, x in enumerate(eta)]
 
     # 3. lam, bottom-up; placeholders (0) where it is -inf never reach a finite parent.
     sib = plan.has_sibling[:, None]  # [M, 1]: eta finite
@@ -154,8 +173,7 @@ def hsa_torch(
 
     # 4. Top-down: log mu(A) and w(A) = 1 - mu(A), then R and O level by level.
     reach = [lam[0].new_zeros(lam[0].shape)]
-    # Roots output nothing; multiplying (not new_zeros) keeps even an all-lone-leaf batch in the graph.
-    out = [rv[0] * 0.0]
+    out = [u[0]]  # roots output nothing (the pass gives them u = 0, kept in the graph)
     for d in range(1, levels):
         sl = plan.level(d)
         sib_d, stays_d = sib[sl], stays[sl]

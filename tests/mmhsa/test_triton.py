@@ -1,0 +1,111 @@
+"""The Triton backend against the torch backend and the float64 reference.
+
+On CPU the kernels run under TRITON_INTERPRET=1 (tests/conftest.py sets it before any import), so
+shapes stay tiny. With a GPU, run ``MMHSA_TEST_CUDA=1 pytest tests/mmhsa/test_triton.py``: the same
+tests then run the compiled kernels on CUDA, bf16 included.
+"""
+
+import os
+
+import pytest
+import torch
+
+from mmhsa import Hierarchy, hsa
+from mmhsa.attention.dispatch import triton_available
+from mmhsa.attention.reference import hsa_reference
+from tests.mmhsa.trees import random_hierarchy
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() and os.environ.get("MMHSA_TEST_CUDA") == "1" else "cpu")
+pytestmark = pytest.mark.skipif(not triton_available(DEVICE), reason="Triton cannot run here")
+F64 = torch.float64
+# bf16 is silently wrong in the interpreter: GPU only.
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE.type == "cuda" else [])
+ROUNDING = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
+
+
+def odd_families() -> Hierarchy:
+    """Families of 97, 3, 2 and 1 children, a lone leaf beside subtrees, a one-leaf tree, a deep chain."""
+    big = list(range(97))
+    main = Hierarchy.from_nested([big, [97, 98, 99], [[100], [101, 102]], 103])
+    return Hierarchy.batch([main, Hierarchy.from_nested(0), Hierarchy.from_nested([[[[[[0, 1]]]]], 2])])
+
+
+def seventeen() -> Hierarchy:
+    """Hopping windows of 17 (the last one partial) under a root, next to a small irregular tree."""
+    return Hierarchy.batch([Hierarchy.windows(60, (17,)), random_hierarchy(3)])
+
+
+TREES = {"odd_families": odd_families, "seventeen": seventeen,
+         "random_a": lambda: random_hierarchy(11), "random_b": lambda: random_hierarchy(42)}
+
+
+def make_inputs(h, heads, d, dv, seed, pos_dim=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(h.num_leaves, heads, d, generator=g, dtype=F64) for _ in range(2))
+    v = torch.randn(h.num_leaves, heads, dv, generator=g, dtype=F64)
+    pos = 0.5 * torch.randn(h.num_nodes, pos_dim, generator=g, dtype=F64) if pos_dim else None
+    return q, k, v, pos
+
+
+def run(backend, h, q, k, v, pos, dtype, include_self, weight):
+    xs = [x.detach().to(DEVICE, dtype).requires_grad_() for x in (q, k, v)]
+    p = None if pos is None else pos.to(DEVICE, dtype)
+    out = hsa(*xs, h.to(DEVICE), pos=p, include_self=include_self, backend=backend)
+    (out.float() * weight.to(DEVICE)).sum().backward()
+    return [t.detach().to("cpu", F64) for t in [out] + [x.grad for x in xs]]
+
+
+@pytest.mark.parametrize("tree", sorted(TREES))
+@pytest.mark.parametrize("head_dim", [16, 40, 64])
+def test_fp32_matches_torch_backend(tree, head_dim):
+    h = TREES[tree]()
+    include_self = head_dim == 40
+    q, k, v, pos = make_inputs(h, 2, head_dim, head_dim, seed=head_dim, pos_dim=3 if head_dim != 16 else 0)
+    w = torch.randn(h.num_leaves, 2, head_dim)
+    fast = run("triton", h, q, k, v, pos, torch.float32, include_self, w)
+    ref = run("torch", h, q, k, v, pos, torch.float32, include_self, w)
+    exact = run("reference", h, q, k, v, pos, F64, include_self, w)
+    for name, a, b, e in zip(("out", "dq", "dk", "dv"), fast, ref, exact):
+        assert torch.isfinite(a).all(), name
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name} vs torch: {m}")
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name} vs reference: {m}")
+
+
+@pytest.mark.parametrize("dtype", [d for d in DTYPES if d != torch.float32])
+@pytest.mark.parametrize("tree", ["odd_families", "seventeen"])
+def test_low_precision_error_rule(dtype, tree):
+    """Error vs float64 at most 2x that of the dense reference fed the same low-precision inputs
+    (fp32 arithmetic, results rounded to the dtype), plus the dtype's rounding floor (FlashAttention's
+    rule, with a stricter baseline than naive low-precision arithmetic), outputs and gradients."""
+    h = TREES[tree]()
+    q, k, v, pos = make_inputs(h, 2, 40, 24, seed=7, pos_dim=2)
+    q, k, v, pos = (x.to(dtype).to(F64) for x in (q, k, v, pos))
+    w = torch.randn(h.num_leaves, 2, 24)
+    exact = run("reference", h, q, k, v, pos, F64, False, w)
+    fast = run("triton", h, q, k, v, pos, dtype, False, w)
+    base = run("reference", h, q, k, v, pos, dtype, False, w)  # upcasts once, then computes in fp32
+    for name, f, b, e in zip(("out", "dq", "dk", "dv"), fast, base, exact):
+        err, err_base = (f - e).abs().max().item(), (b - e).abs().max().item()
+        floor = ROUNDING[dtype] * e.abs().max().item()
+        assert err <= 2 * err_base + floor, f"{name}: {err:.3g} > 2 x {err_base:.3g} + {floor:.3g}"
+
+
+def test_block_tables_cover_every_family_row():
+    from mmhsa.attention.triton import block_tables
+
+    h = odd_families()
+    covered = torch.zeros(h.num_nodes, dtype=torch.long)
+    for block, starts, sizes, rows in block_tables(h.plan):
+        for s, n, r in zip(starts.tolist(), sizes.tolist(), rows.tolist()):
+            covered[s + r: s + min(r + block, n)] += 1
+    expected = torch.zeros(h.num_nodes, dtype=torch.long)
+    for s, n in zip(h.plan.family_start.tolist(), h.plan.family_size.tolist()):
+        if n > 1:  # only children attend to nothing: no block
+            expected[s:s + n] = 1
+    assert torch.equal(covered, expected)
+
+
+def test_auto_is_torch_on_cpu():
+    h = Hierarchy.from_nested([0, 1, 2])
+    q = torch.randn(3, 1, 4)
+    torch.testing.assert_close(hsa(q, q, q, h), hsa(q, q, q, h, backend="torch"))
