@@ -3,10 +3,14 @@
 For trees shaped like videos (clips x frames x patches) and texts (sections x sentences x tokens) it
 times, in one process so that ratios are like for like:
 
-- ``hsa``: mmhsa.hsa, backend "torch" (and "triton" on CUDA once available);
+- ``hsa``: mmhsa.hsa, backend "torch" on CPU, "triton" on CUDA (plus ``hsa_torch`` there);
 - ``flat``: ``scaled_dot_product_attention`` over all leaves (skipped above ``--flat-max`` leaves);
-- ``blockdiag``: ``scaled_dot_product_attention`` inside each leaf family only (frames, sentences):
-  the work HSA cannot avoid, so its floor.
+- ``blockdiag``: attention inside each leaf family only (frames, sentences), the work HSA cannot
+  avoid, so its floor: one ``scaled_dot_product_attention`` call per family size on CPU,
+  FlashAttention's varlen kernel on CUDA.
+
+On CUDA it also reports achieved TFLOP/s and GB/s next to the measured roofline (a large bf16
+matmul and a device copy).
 
 Forward and forward+backward, median of repeats; peak memory of each in a fresh subprocess (peak RSS
 growth on CPU, ``max_memory_allocated`` on CUDA). Prints a table, writes JSON and a log-log plot.
@@ -89,7 +93,9 @@ def leaf_family_groups(h: Hierarchy) -> list[tuple[int, torch.Tensor | slice]]:
     return groups
 
 
-def make_methods(h: Hierarchy, q, k, v):
+def make_methods(h: Hierarchy, q, k, v) -> dict:
+    """The timed callables. On CUDA, ``hsa`` is the Triton backend and ``hsa_torch`` the torch one,
+    and the block-diagonal floor is FlashAttention's varlen kernel over the leaf families."""
     groups = leaf_family_groups(h)
 
     def blockdiag():
@@ -102,11 +108,61 @@ def make_methods(h: Hierarchy, q, k, v):
             outs.append(F.scaled_dot_product_attention(qq, kk, vv))
         return outs
 
-    return {
-        "hsa": lambda: hsa(q, k, v, h, backend="torch"),
+    methods = {
+        "hsa": lambda: hsa(q, k, v, h, backend="triton" if q.is_cuda else "torch"),
         "flat": lambda: F.scaled_dot_product_attention(*[x.transpose(0, 1)[None] for x in (q, k, v)]),
         "blockdiag": blockdiag,
     }
+    if q.is_cuda:
+        methods["hsa_torch"] = lambda: hsa(q, k, v, h, backend="torch")
+        methods["blockdiag"] = varlen_blockdiag(h, q, k, v) or blockdiag
+    return methods
+
+
+def varlen_blockdiag(h: Hierarchy, q, k, v):
+    """FlashAttention varlen over the leaf families (cu_seqlens), or None where unavailable."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    sizes = [size for size, where in leaf_family_groups(h) for _ in range(_count(where, size))]
+    if sum(sizes) != h.num_leaves:  # leaves outside leaf families: not a plain varlen layout
+        return None
+    # Families in leaf order (the groups above are by size).
+    p = h.plan
+    child_nodes = p.node[p.family_start]
+    leafy = h.num_children[child_nodes] == 0
+    order = torch.argsort(h.leaf_start[child_nodes[leafy]])
+    lengths = p.family_size[leafy][order]
+    cu = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).to(q.device, torch.int32)
+    longest = int(lengths.max())
+    return lambda: varlen_attn(q, k, v, cu, cu, longest, longest)
+
+
+def _count(where, size) -> int:
+    return (where.stop - where.start) // size if isinstance(where, slice) else len(where)
+
+
+def attention_flops(h: Hierarchy, heads: int, dim: int, method: str) -> float:
+    """Forward matmul FLOPs (QK^T and PV): flat N^2, block-diagonal sum over leaf families of b^2,
+    HSA sum over all families of b^2 (the tree passes are O(N d) and not counted)."""
+    if method == "flat":
+        pairs = float(h.num_leaves) ** 2
+    else:
+        sizes = h.plan.family_size.double()
+        if method == "blockdiag":
+            sizes = sizes[h.num_children[h.plan.node[h.plan.family_start]] == 0]
+        pairs = float((sizes ** 2).sum())
+    return 4.0 * pairs * dim * heads
+
+
+def cuda_roofline() -> dict:
+    """Measured peak: a large bf16 matmul (TFLOP/s) and a device-to-device copy (GB/s)."""
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    ms = time_ms(lambda: a @ a, False, 10, "cuda")
+    x = torch.empty(1 << 28, device="cuda", dtype=torch.float32)  # 1 GiB
+    copy_ms = time_ms(lambda: x.clone(), False, 10, "cuda")
+    return {"matmul_tflops": 2 * 8192 ** 3 / ms / 1e9, "copy_gbps": 2 * x.numel() * 4 / copy_ms / 1e6}
 
 
 def run(fn, backward: bool):
@@ -201,6 +257,10 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or 'CPU'} x{torch.get_num_threads()} threads"
     print(f"HSA operator benchmark: {device_name}, {args.dtype}, {args.heads} heads, head dim {args.dim}, "
           f"malloc {args.malloc if args.device == 'cpu' else 'n/a'}, torch {torch.__version__}")
+    roofline = cuda_roofline() if args.device == "cuda" else None
+    if roofline:
+        print(f"measured roofline: {roofline['matmul_tflops']:.0f} TFLOP/s (bf16 matmul), "
+              f"{roofline['copy_gbps']:.0f} GB/s (copy)")
     rows = []
     for ci, (name, h) in enumerate(cases(args.quick)):
         h = h.to(args.device)
@@ -217,6 +277,14 @@ def main() -> None:
                 if not args.no_memory and method != "flat":
                     row[f"{method}_peak_mb"] = peak_memory_mb(ci, method, backward, args)
             row["hsa/blockdiag"] = row["hsa_ms"] / row["blockdiag_ms"]
+            if args.device == "cuda":  # achieved throughput (fwd+bwd counted as 3.5x the forward FLOPs)
+                io_bytes = 4 * n * args.heads * args.dim * q.element_size() * (2.5 if backward else 1)
+                for method in methods:
+                    if f"{method}_ms" in row:
+                        flops = attention_flops(h, args.heads, args.dim, method.replace("_torch", ""))
+                        seconds = row[f"{method}_ms"] / 1e3
+                        row[f"{method}_tflops"] = flops * (3.5 if backward else 1) / seconds / 1e12
+                        row[f"{method}_gbps"] = io_bytes / seconds / 1e9
             if "flat_ms" in row:
                 row["flat/hsa"] = row["flat_ms"] / row["hsa_ms"]
             rows.append(row)
@@ -225,7 +293,7 @@ def main() -> None:
     stem = f"bench_op_{args.device}" + ("" if args.malloc == "tuned" or args.device != "cpu" else "_default_malloc")
     out = Path(args.out) if args.out else OUT_DIR / f"{stem}.json"
     meta = {"device": device_name, "dtype": args.dtype, "heads": args.heads, "dim": args.dim,
-            "malloc": args.malloc, "torch": torch.__version__, "repeats": args.repeats}
+            "malloc": args.malloc, "torch": torch.__version__, "repeats": args.repeats, "roofline": roofline}
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     plot(rows, out.with_suffix(".png"), meta)
     print(f"wrote {out} and {out.with_suffix('.png')}")
@@ -235,6 +303,9 @@ def print_row(row: dict, header: bool) -> None:
     cols = [("case", 20, "{}"), ("leaves", 7, "{:,}"), ("pass", 8, "{}"), ("hsa_ms", 9, "{:.1f}"),
             ("blockdiag_ms", 12, "{:.1f}"), ("flat_ms", 9, "{:.0f}"), ("hsa/blockdiag", 13, "{:.2f}"),
             ("flat/hsa", 9, "{:.1f}"), ("hsa_peak_mb", 11, "{:.0f}"), ("blockdiag_peak_mb", 17, "{:.0f}")]
+    if "hsa_torch_ms" in row:
+        cols += [("hsa_torch_ms", 12, "{:.1f}"), ("hsa_tflops", 10, "{:.1f}"), ("hsa_gbps", 8, "{:.0f}"),
+                 ("flat_tflops", 11, "{:.1f}"), ("blockdiag_tflops", 16, "{:.1f}")]
     if header:
         print(" ".join(f"{c:>{w}}" for c, w, _ in cols))
     cells = []
