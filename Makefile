@@ -2,6 +2,10 @@
 SHELL := /bin/bash
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# glibc keeps freed blocks instead of unmapping each large tensor (page faults on every call
+# otherwise; measured up to 1.3x on the operator benchmark). See README, Benchmarks.
+export MALLOC_MMAP_THRESHOLD_ := 1073741824
+export MALLOC_TRIM_THRESHOLD_ := 1073741824
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
