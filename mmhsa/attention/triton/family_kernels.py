@@ -29,6 +29,21 @@ import triton.language as tl
 
 
 @triton.jit
+def _tile(PTR, rows, row_ok, h, stride_m, stride_h, cols, ncols):
+    """Load a [len(rows), len(cols)] tile of a [M, H, C] tensor for head h (zeros outside)."""
+    return tl.load(PTR + rows[:, None] * stride_m + h * stride_h + cols[None, :],
+                   mask=row_ok[:, None] & (cols[None, :] < ncols), other=0.0)
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    """a @ b with fp32 accumulation: exact for fp32 inputs, tensor cores for fp16/bf16."""
+    if IEEE:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b.to(a.dtype))
+
+
+@triton.jit
 def _family_fwd(
     Q, K, V, LOG_N, ETA, U,
     BLK_START, BLK_SIZE, BLK_ROW,
@@ -38,6 +53,7 @@ def _family_fwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     IEEE: tl.constexpr,
 ):
+    """One program: one query block (BLOCK_M children of a family) and one head."""
     blk = tl.program_id(0)
     h = tl.program_id(1)
     start = tl.load(BLK_START + blk)
@@ -46,35 +62,24 @@ def _family_fwd(
     row_ok = rows < size
     dk = tl.arange(0, BLOCK_DK)
     dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + (start + rows)[:, None] * stride_qm + h * stride_qh + dk[None, :],
-                mask=row_ok[:, None] & (dk[None, :] < DK), other=0.0)
+    q = _tile(Q, start + rows, row_ok, h, stride_qm, stride_qh, dk, DK)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     for n0 in range(0, size, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_ok = cols < size
-        k = tl.load(K + (start + cols)[:, None] * stride_km + h * stride_kh + dk[None, :],
-                    mask=col_ok[:, None] & (dk[None, :] < DK), other=0.0)
-        v = tl.load(V + (start + cols)[:, None] * stride_vm + h * stride_vh + dv[None, :],
-                    mask=col_ok[:, None] & (dv[None, :] < DV), other=0.0)
+        k = _tile(K, start + cols, col_ok, h, stride_km, stride_kh, dk, DK)
+        v = _tile(V, start + cols, col_ok, h, stride_vm, stride_vh, dv, DV)
         bias = tl.load(LOG_N + start + cols, mask=col_ok, other=0.0)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))
-        s = s + bias[None, :]
-        keep = col_ok[None, :] & (rows[:, None] != cols[None, :])
-        s = tl.where(keep, s, float("-inf"))
+        s = _dot(q, tl.trans(k), IEEE) + bias[None, :]
+        s = tl.where(col_ok[None, :] & (rows[:, None] != cols[None, :]), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet
         p = tl.exp(s - m_safe[:, None])
         alpha = tl.exp(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
         m_i = m_new
     m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
     eta = tl.where(l_i > 0, m_safe + tl.log(l_i), float("-inf"))
@@ -94,7 +99,10 @@ def _family_bwd_dkdv(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     IEEE: tl.constexpr,
 ):
-    """One program: one key block (BLOCK_N keys of a family) and one head; loops over query tiles."""
+    """One program: one key block (BLOCK_N children of a family) and one head; loops over query tiles.
+
+    DK_OUT and DV_OUT are fp32 with the strides of K and V.
+    """
     blk = tl.program_id(0)
     h = tl.program_id(1)
     start = tl.load(BLK_START + blk)
@@ -103,40 +111,25 @@ def _family_bwd_dkdv(
     col_ok = cols < size
     dk = tl.arange(0, BLOCK_DK)
     dv = tl.arange(0, BLOCK_DV)
-    k = tl.load(K + (start + cols)[:, None] * stride_km + h * stride_kh + dk[None, :],
-                mask=col_ok[:, None] & (dk[None, :] < DK), other=0.0)
-    v = tl.load(V + (start + cols)[:, None] * stride_vm + h * stride_vh + dv[None, :],
-                mask=col_ok[:, None] & (dv[None, :] < DV), other=0.0)
+    k = _tile(K, start + cols, col_ok, h, stride_km, stride_kh, dk, DK)
+    v = _tile(V, start + cols, col_ok, h, stride_vm, stride_vh, dv, DV)
     bias = tl.load(LOG_N + start + cols, mask=col_ok, other=0.0)
     acc_k = tl.zeros([BLOCK_N, BLOCK_DK], tl.float32)
     acc_v = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     for m0 in range(0, size, BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
         row_ok = rows < size
-        q = tl.load(Q + (start + rows)[:, None] * stride_qm + h * stride_qh + dk[None, :],
-                    mask=row_ok[:, None] & (dk[None, :] < DK), other=0.0)
-        gu = tl.load(GU + (start + rows)[:, None] * stride_gm + h * stride_gh + dv[None, :],
-                     mask=row_ok[:, None] & (dv[None, :] < DV), other=0.0)
+        q = _tile(Q, start + rows, row_ok, h, stride_qm, stride_qh, dk, DK)
+        gu = _tile(GU, start + rows, row_ok, h, stride_gm, stride_gh, dv, DV)
         eta = tl.load(ETA + (start + rows) * stride_em + h, mask=row_ok, other=0.0)
         row = tl.load(ROW + (start + rows) * stride_em + h, mask=row_ok, other=0.0)
         eta = tl.where(eta == float("-inf"), 0.0, eta)
-        if IEEE:
-            st = tl.dot(k, tl.trans(q), input_precision="ieee")  # [BLOCK_N, BLOCK_M] logits^T
-        else:
-            st = tl.dot(k, tl.trans(q))
-        st = st + bias[:, None]
+        st = _dot(k, tl.trans(q), IEEE) + bias[:, None]  # logits, transposed: [BLOCK_N, BLOCK_M]
         keep = col_ok[:, None] & row_ok[None, :] & (cols[:, None] != rows[None, :])
         pt = tl.where(keep, tl.exp(st - eta[None, :]), 0.0)
-        if IEEE:
-            acc_v += tl.dot(pt, gu, input_precision="ieee")
-            dpt = tl.dot(v, tl.trans(gu), input_precision="ieee")
-            dst = pt * (dpt - row[None, :])
-            acc_k += tl.dot(dst, q.to(tl.float32), input_precision="ieee")
-        else:
-            acc_v += tl.dot(pt.to(gu.dtype), gu)
-            dpt = tl.dot(v, tl.trans(gu))
-            dst = pt * (dpt - row[None, :])
-            acc_k += tl.dot(dst.to(q.dtype), q)
+        acc_v += _dot(pt.to(gu.dtype), gu, IEEE)
+        dst = pt * (_dot(v, tl.trans(gu), IEEE) - row[None, :])
+        acc_k += _dot(dst.to(q.dtype), q, IEEE)
     tl.store(DK_OUT + (start + cols)[:, None] * stride_km + h * stride_kh + dk[None, :], acc_k,
              mask=col_ok[:, None] & (dk[None, :] < DK))
     tl.store(DV_OUT + (start + cols)[:, None] * stride_vm + h * stride_vh + dv[None, :], acc_v,
@@ -153,7 +146,10 @@ def _family_bwd_dq(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     IEEE: tl.constexpr,
 ):
-    """One program: one query block and one head; loops over the family's key tiles."""
+    """One program: one query block and one head; loops over the family's key tiles.
+
+    DQ_OUT is fp32 with the strides of Q.
+    """
     blk = tl.program_id(0)
     h = tl.program_id(1)
     start = tl.load(BLK_START + blk)
@@ -162,10 +158,8 @@ def _family_bwd_dq(
     row_ok = rows < size
     dk = tl.arange(0, BLOCK_DK)
     dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + (start + rows)[:, None] * stride_qm + h * stride_qh + dk[None, :],
-                mask=row_ok[:, None] & (dk[None, :] < DK), other=0.0)
-    gu = tl.load(GU + (start + rows)[:, None] * stride_gm + h * stride_gh + dv[None, :],
-                 mask=row_ok[:, None] & (dv[None, :] < DV), other=0.0)
+    q = _tile(Q, start + rows, row_ok, h, stride_qm, stride_qh, dk, DK)
+    gu = _tile(GU, start + rows, row_ok, h, stride_gm, stride_gh, dv, DV)
     eta = tl.load(ETA + (start + rows) * stride_em + h, mask=row_ok, other=0.0)
     row = tl.load(ROW + (start + rows) * stride_em + h, mask=row_ok, other=0.0)
     eta = tl.where(eta == float("-inf"), 0.0, eta)
@@ -173,25 +167,13 @@ def _family_bwd_dq(
     for n0 in range(0, size, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_ok = cols < size
-        k = tl.load(K + (start + cols)[:, None] * stride_km + h * stride_kh + dk[None, :],
-                    mask=col_ok[:, None] & (dk[None, :] < DK), other=0.0)
-        v = tl.load(V + (start + cols)[:, None] * stride_vm + h * stride_vh + dv[None, :],
-                    mask=col_ok[:, None] & (dv[None, :] < DV), other=0.0)
+        k = _tile(K, start + cols, col_ok, h, stride_km, stride_kh, dk, DK)
+        v = _tile(V, start + cols, col_ok, h, stride_vm, stride_vh, dv, DV)
         bias = tl.load(LOG_N + start + cols, mask=col_ok, other=0.0)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))
-        s = s + bias[None, :]
+        s = _dot(q, tl.trans(k), IEEE) + bias[None, :]
         keep = col_ok[None, :] & row_ok[:, None] & (rows[:, None] != cols[None, :])
         p = tl.where(keep, tl.exp(s - eta[:, None]), 0.0)
-        if IEEE:
-            dp = tl.dot(gu, tl.trans(v), input_precision="ieee")
-            ds = p * (dp - row[:, None])
-            acc_q += tl.dot(ds, k.to(tl.float32), input_precision="ieee")
-        else:
-            dp = tl.dot(gu, tl.trans(v))
-            ds = p * (dp - row[:, None])
-            acc_q += tl.dot(ds.to(k.dtype), k)
+        ds = p * (_dot(gu, tl.trans(v), IEEE) - row[:, None])
+        acc_q += _dot(ds.to(k.dtype), k, IEEE)
     tl.store(DQ_OUT + (start + rows)[:, None] * stride_qm + h * stride_qh + dk[None, :], acc_q,
              mask=row_ok[:, None] & (dk[None, :] < DK))
