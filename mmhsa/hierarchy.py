@@ -311,6 +311,7 @@ class Hierarchy:
         kinds: Sequence[str] | None = None,
         domains: Sequence[str] | None = None,
         coords: np.ndarray | Sequence[Sequence[float]] | None = None,
+        key_names: Sequence[str] = (),
     ) -> "Hierarchy":
         """Build from a parent array in depth-first pre-order (``-1`` marks a root; several = a forest).
 
@@ -319,6 +320,7 @@ class Hierarchy:
             kinds: optional [M] kind name per node (default "leaf"/"node").
             domains: optional [M] name from :data:`DOMAINS` per node (default "index").
             coords: optional [M, 2] (or [M]) coordinates in that domain.
+            key_names: the names that "key"-domain coordinates index.
         """
         if isinstance(parent, torch.Tensor):
             parent = parent.cpu().numpy()
@@ -326,7 +328,7 @@ class Hierarchy:
         kind, kind_names = _encode_kinds(kinds, parent)
         domain = None if domains is None else _encode_domains(domains)
         coord = None if coords is None else _as_coords(coords, len(parent))
-        return cls(parent, kind=kind, kind_names=kind_names, domain=domain, coord=coord)
+        return cls(parent, kind=kind, kind_names=kind_names, domain=domain, coord=coord, key_names=key_names)
 
     @classmethod
     def from_nested(cls, tree) -> "Hierarchy":

@@ -1,0 +1,230 @@
+"""Prepared datasets on disk: shards of assembled samples, a manifest and a failure report.
+
+    <dir>/manifest.json     config and its hash, encoder ids, library versions, counts, shard list
+                            (file, samples, sha256, ids)
+    <dir>/shard-00000.pt    a list of samples: hierarchy arrays + metadata + fp16 leaf features
+    <dir>/failures.jsonl    one line per input that failed: id, source, stage, error
+
+Every file is written atomically (temp file + rename) and the manifest last, so a killed run leaves
+only complete shards; re-running with the same config skips the samples already written (and
+retries the failed ones). :class:`ShardDataset` reads it back for training, checking checksums.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from mmhsa import Hierarchy
+
+from .assemble import Sample
+
+__all__ = ["ShardDataset", "ShardWriter", "config_hash", "read_failures"]
+
+MANIFEST, FAILURES = "manifest.json", "failures.jsonl"
+FORMAT_VERSION = 1
+
+
+def config_hash(config: dict) -> str:
+    """Stable short hash of a JSON-able config."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _to_record(sample: Sample) -> dict:
+    h = sample.hierarchy
+    return {
+        "id": sample.id,
+        "parent": torch.from_numpy(h._np["parent"].astype(np.int32)),
+        "kind": torch.from_numpy(h._np["kind"].astype(np.int16)),
+        "kind_names": list(h.kind_names),
+        "domain": torch.from_numpy(h._np["domain"].astype(np.int8)),
+        "coord": torch.from_numpy(h._np["coord"]),
+        "key_names": list(h.key_names),
+        "features": {k: v.to(torch.float16).contiguous() for k, v in sample.features.items()},
+        "leaf_modality": sample.leaf_modality.to(torch.int8),
+        "dropped": dict(sample.dropped),
+        "meta": dict(sample.meta),
+    }
+
+
+def _from_record(record: dict) -> Sample:
+    hierarchy = Hierarchy(
+        record["parent"].numpy(), kind=record["kind"].numpy(), kind_names=record["kind_names"],
+        domain=record["domain"].numpy(), coord=record["coord"].numpy(), key_names=record["key_names"],
+        _validated=True,
+    )
+    return Sample(record["id"], hierarchy, record["features"], record["leaf_modality"].long(),
+                  record["dropped"], record["meta"])
+
+
+def read_failures(directory: str | Path) -> list[dict]:
+    """The failure report of a prepared dataset (empty if none)."""
+    path = Path(directory) / FAILURES
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class ShardWriter:
+    """Write samples into shards; resumable.
+
+    Args:
+        directory: output directory (created).
+        config: everything that determines the content (hashed; a different config in an existing
+            directory is refused, naming both hashes).
+        encoders: encoder ids, recorded in the manifest.
+        shard_size: samples per shard.
+    """
+
+    def __init__(self, directory: str | Path, config: dict, encoders: dict[str, str] | None = None,
+                 shard_size: int = 256):
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config, self.hash = config, config_hash(config)
+        self.shard_size = shard_size
+        manifest = self.dir / MANIFEST
+        if manifest.exists():
+            old = json.loads(manifest.read_text(encoding="utf-8"))
+            if old.get("config_hash") != self.hash:
+                raise ValueError(
+                    f"{self.dir}: holds data prepared with config {old.get('config_hash')}, this run has "
+                    f"config {self.hash}; use another directory or delete it"
+                )
+            self.shards = old["shards"]
+        else:
+            self.shards = []
+        self.encoders = dict(encoders or {})
+        self.done_ids = {i for s in self.shards for i in s["ids"]}
+        self.failures = {f["id"]: f for f in read_failures(self.dir)}
+        self.buffer: list[Sample] = []
+        self.started = time.time()
+
+    def is_done(self, sample_id: str) -> bool:
+        return sample_id in self.done_ids
+
+    def add(self, sample: Sample) -> None:
+        if sample.id in self.done_ids or any(s.id == sample.id for s in self.buffer):
+            raise ValueError(f"sample {sample.id!r} was already written")
+        self.buffer.append(sample)
+        self.failures.pop(sample.id, None)
+        if len(self.buffer) >= self.shard_size:
+            self.flush()
+
+    def fail(self, sample_id: str, source: str, stage: str, error: str) -> None:
+        """Record a failed input (kept until it succeeds on a later run)."""
+        self.failures[sample_id] = {"id": sample_id, "source": source, "stage": stage, "error": error}
+
+    def flush(self) -> None:
+        """Write the buffered samples as one shard, then the failure report and the manifest."""
+        if self.buffer:
+            path = self.dir / f"shard-{len(self.shards):05d}.pt"
+            records = [_to_record(s) for s in self.buffer]
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            torch.save(records, tmp)
+            os.replace(tmp, path)
+            self.shards.append({"file": path.name, "samples": len(records), "sha256": _sha256(path),
+                                "ids": [s.id for s in self.buffer],
+                                "leaves": {m: int(sum(s.features[m].shape[0] for s in self.buffer if m in s.features))
+                                           for m in sorted({m for s in self.buffer for m in s.features})},
+                                "dropped": _sum_dicts(s.dropped for s in self.buffer)})
+            self.done_ids.update(s.id for s in self.buffer)
+            self.buffer = []
+        lines = "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in self.failures.values())
+        _atomic_write(self.dir / FAILURES, lines.encode("utf-8"))
+        _atomic_write(self.dir / MANIFEST, json.dumps(self.manifest(), indent=1).encode("utf-8"))
+
+    def manifest(self) -> dict:
+        import mmhsa
+
+        return {
+            "format": FORMAT_VERSION,
+            "config": self.config,
+            "config_hash": self.hash,
+            "encoders": self.encoders,
+            "versions": {"mmhsa": mmhsa.__version__, "torch": torch.__version__},
+            "counts": {
+                "samples": sum(s["samples"] for s in self.shards),
+                "shards": len(self.shards),
+                "failures": len(self.failures),
+                "leaves": _sum_dicts(s["leaves"] for s in self.shards),
+                "dropped_by_limits": _sum_dicts(s["dropped"] for s in self.shards),
+            },
+            "shards": self.shards,
+        }
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()  # also on an exception: what was assembled so far is kept
+
+
+def _sum_dicts(dicts: Iterable[dict]) -> dict:
+    total: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+class ShardDataset(torch.utils.data.Dataset):
+    """Samples of a prepared directory, in manifest order. Each shard's checksum is verified when
+    it is first read; a mismatch raises ``ValueError`` naming the shard."""
+
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+        path = self.dir / MANIFEST
+        if not path.exists():
+            raise FileNotFoundError(f"{self.dir}: no {MANIFEST} (not a prepared dataset; run make prepare)")
+        self.manifest = json.loads(path.read_text(encoding="utf-8"))
+        if self.manifest.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{path}: format {self.manifest.get('format')}, this mmhsa reads {FORMAT_VERSION}")
+        self.index = [(s, i) for s, shard in enumerate(self.manifest["shards"]) for i in range(shard["samples"])]
+        self.ids = [i for shard in self.manifest["shards"] for i in shard["ids"]]
+        self._cached: tuple[int, list] | None = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _shard(self, s: int) -> list:
+        if self._cached is None or self._cached[0] != s:
+            info = self.manifest["shards"][s]
+            path = self.dir / info["file"]
+            actual = _sha256(path)
+            if actual != info["sha256"]:
+                raise ValueError(f"{path}: checksum {actual[:12]} does not match the manifest's {info['sha256'][:12]}")
+            self._cached = (s, torch.load(path, weights_only=True))
+        return self._cached[1]
+
+    def __getitem__(self, i: int) -> Sample:
+        s, j = self.index[i]
+        return _from_record(self._shard(s)[j])
