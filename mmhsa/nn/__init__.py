@@ -1,0 +1,7 @@
+"""Neural network layers on HSA: attention, HTE blocks, position encoders, the hierarchical encoder."""
+
+from .attention import HSAAttention, HTEBlock
+from .encoder import HierarchicalEncoder, pool_nodes
+from .position import PositionEncoder, sinusoid
+
+__all__ = ["HSAAttention", "HTEBlock", "HierarchicalEncoder", "PositionEncoder", "pool_nodes", "sinusoid"]

@@ -1,0 +1,80 @@
+"""Multi-head HSA attention layer and the Hierarchical Transformer Encoder block built on it.
+
+The layer projects leaves to queries, keys and values with projections chosen by the leaf's
+modality (patches and word pieces live in different spaces), normalises q and k per head (the
+paper's LayerNorm after the Q/K projections, which also keeps the logits well scaled), runs
+:func:`mmhsa.hsa` over the hierarchy with domain position vectors, and projects back.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..attention import hsa
+from ..hierarchy import Hierarchy
+from .position import PositionEncoder
+
+__all__ = ["HSAAttention", "HTEBlock"]
+
+
+class HSAAttention(nn.Module):
+    """Multi-head HSA over a forest of leaves.
+
+    Args:
+        dim: model width.
+        heads: attention heads.
+        modalities: number of leaf modalities, each with its own Q/K/V projection.
+        qk_norm: LayerNorm on q and k per head.
+        pos_dim: channels of the position vectors per head (0: no positions).
+        keys: named-key vocabulary for the position encoder.
+        include_self: HSA variant (see :func:`mmhsa.hsa`).
+        backend: HSA backend ("auto": Triton on CUDA, torch elsewhere).
+    """
+
+    def __init__(self, dim: int, heads: int, modalities: int = 1, qk_norm: bool = True, pos_dim: int = 8,
+                 keys=(), include_self: bool = False, backend: str = "auto"):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.ModuleList(nn.Linear(dim, 3 * dim) for _ in range(modalities))
+        self.q_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+        self.position = PositionEncoder(heads, pos_dim, keys) if pos_dim else None
+        self.include_self, self.backend = include_self, backend
+
+    def forward(self, x: torch.Tensor, hierarchy: Hierarchy, modality: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [N, dim] leaf features in hierarchy order; modality: [N] ids (None: all 0) -> [N, dim]."""
+        n, dim = x.shape
+        if len(self.qkv) == 1 or modality is None:
+            qkv = self.qkv[0](x)
+        else:
+            qkv = x.new_empty(n, 3 * dim)
+            for m, layer in enumerate(self.qkv):
+                rows = torch.nonzero(modality == m).flatten()
+                if len(rows):
+                    qkv = qkv.index_put((rows,), layer(x[rows]))
+        q, k, v = qkv.view(n, 3, self.heads, self.head_dim).unbind(1)
+        pos = None if self.position is None else self.position(hierarchy)
+        out = hsa(self.q_norm(q), self.k_norm(k), v, hierarchy, pos=pos, include_self=self.include_self,
+                  backend=self.backend)
+        return self.proj(out.reshape(n, dim))
+
+
+class HTEBlock(nn.Module):
+    """Pre-norm Hierarchical Transformer Encoder block: x + HSA(norm(x)), then x + MLP(norm(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, **attention):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = HSAAttention(dim, heads, **attention)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, hierarchy: Hierarchy, modality: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), hierarchy, modality))
+        return x + self.drop(self.mlp(self.norm2(x)))

@@ -1,0 +1,89 @@
+"""Position vectors e(A) per node, from the domain of the family the node belongs to.
+
+Every node carries a domain (set, index, grid, time, key) and coordinates (see
+:data:`mmhsa.DOMAINS`). Coordinates become fixed sinusoidal features (index, grid row/col, time in
+seconds) or a learned embedding (named keys); a learned linear map per domain turns them into the
+per-head vectors ``pos: [M, H, C]`` that HSA adds as ``e(A).e(B)`` to sibling logits. Unordered sets
+get ``e = 0``. Only siblings are ever compared, so coordinates need only be meaningful within a family.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..hierarchy import DOMAINS, Hierarchy
+
+__all__ = ["PositionEncoder", "sinusoid"]
+
+
+def sinusoid(x: torch.Tensor, features: int, max_period: float) -> torch.Tensor:
+    """[...] coordinates -> [..., features] sin/cos at geometric frequencies up to ``max_period``."""
+    half = features // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = x.float()[..., None] * freqs
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class PositionEncoder(nn.Module):
+    """Domain-aware node positions for one attention layer.
+
+    Args:
+        heads: attention heads H.
+        dim: position channels C per head.
+        keys: the vocabulary of named keys ("video", "question", "answer_0", ...); a hierarchy key
+            outside it raises ``ValueError`` naming it.
+        features: sinusoidal features per coordinate.
+        max_index: longest period for index and grid coordinates; ``max_seconds`` for time.
+    """
+
+    def __init__(self, heads: int, dim: int, keys: Sequence[str] = (), features: int = 16,
+                 max_index: float = 1000.0, max_seconds: float = 3600.0):
+        super().__init__()
+        self.heads, self.dim, self.features = heads, dim, features
+        self.max_index, self.max_seconds = max_index, max_seconds
+        self.keys = {k: i for i, k in enumerate(keys)}
+        out = heads * dim
+        self.index = nn.Linear(features, out, bias=False)
+        self.grid = nn.Linear(2 * features, out, bias=False)
+        self.time = nn.Linear(features, out, bias=False)
+        self.key = nn.Embedding(max(1, len(self.keys)), out)
+        for layer in (self.index, self.grid, self.time):
+            nn.init.normal_(layer.weight, std=0.02)
+        nn.init.normal_(self.key.weight, std=0.02)
+
+    def forward(self, hierarchy: Hierarchy) -> torch.Tensor:
+        """pos: [M, H, C] (zeros for unordered sets and roots)."""
+        domain, coord = hierarchy.domain, hierarchy.coord
+        out = torch.zeros(hierarchy.num_nodes, self.heads * self.dim, device=coord.device,
+                          dtype=self.index.weight.dtype)
+        for name in ("index", "grid", "time", "key"):
+            nodes = torch.nonzero(domain == DOMAINS.index(name)).flatten()
+            if len(nodes) == 0:
+                continue
+            c = coord[nodes]
+            if name == "index":
+                value = self.index(sinusoid(c[:, 0], self.features, self.max_index))
+            elif name == "grid":
+                feats = torch.cat([sinusoid(c[:, 0], self.features, self.max_index),
+                                   sinusoid(c[:, 1], self.features, self.max_index)], -1)
+                value = self.grid(feats)
+            elif name == "time":
+                value = self.time(sinusoid(c[:, 0], self.features, self.max_seconds))
+            else:
+                value = self.key(self._key_ids(hierarchy, c[:, 0]))
+            out = out.index_put((nodes,), value.to(out.dtype))
+        return out.view(-1, self.heads, self.dim)
+
+    def _key_ids(self, hierarchy: Hierarchy, local: torch.Tensor) -> torch.Tensor:
+        """Map the hierarchy's key ids (into its key_names) onto this encoder's vocabulary."""
+        table = []
+        for name in hierarchy.key_names:
+            if name not in self.keys:
+                raise ValueError(f"position key {name!r} is not in the model's key vocabulary {sorted(self.keys)}")
+            table.append(self.keys[name])
+        table = torch.tensor(table or [0], dtype=torch.long, device=local.device)
+        return table[local.long()]

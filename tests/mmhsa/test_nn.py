@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from mmhsa import DOMAINS, Hierarchy
+from mmhsa.nn import HierarchicalEncoder, HSAAttention, PositionEncoder, pool_nodes
+
+
+def test_flat_hsa_layer_is_multi_head_softmax_attention():
+    """On a flat tree with include_self, no positions and no QK norm, the layer is standard MHA."""
+    torch.manual_seed(0)
+    n, dim, heads = 7, 12, 3
+    layer = HSAAttention(dim, heads, qk_norm=False, pos_dim=0, include_self=True).double()
+    x = torch.randn(n, dim, dtype=torch.float64)
+    h = Hierarchy.from_nested(list(range(n)))
+    q, k, v = layer.qkv[0](x).view(n, 3, heads, dim // heads).unbind(1)
+    att = torch.softmax(torch.einsum("ihd,jhd->hij", q, k) / (dim // heads) ** 0.5, -1)
+    expected = layer.proj(torch.einsum("hij,jhd->ihd", att, v).reshape(n, dim))
+    torch.testing.assert_close(layer(x, h), expected)
+
+
+def test_modality_specific_projections():
+    torch.manual_seed(0)
+    layer = HSAAttention(8, 2, modalities=2, pos_dim=0)
+    h = Hierarchy.from_nested([[0, 1, 2], [3, 4]])
+    x = torch.randn(5, 8)
+    a = layer(x, h, torch.tensor([0, 0, 0, 1, 1]))
+    b = layer(x, h, torch.zeros(5, dtype=torch.long))
+    assert not torch.allclose(a, b)
+    with torch.no_grad():  # making both projections equal makes the modality ids irrelevant
+        layer.qkv[1].load_state_dict(layer.qkv[0].state_dict())
+    torch.testing.assert_close(layer(x, h, torch.tensor([0, 0, 0, 1, 1])), layer(x, h))
+
+
+def test_position_encoder_domains():
+    video = Hierarchy.regular([2, 3, (2, 2)], kinds=["video", "clip", "frame", "patch"], domains=["time", "index", "grid"])
+    question = Hierarchy.from_parents([-1, 0, 0, 0], domains=["set", "set", "set", "set"])
+    sample = Hierarchy.join([video, question], keys=["video", "question"])
+    enc = PositionEncoder(heads=2, dim=4, keys=["video", "question", "answer_0"])
+    pos = enc(sample)
+    assert pos.shape == (sample.num_nodes, 2, 4)
+    set_nodes = sample.domain == DOMAINS.index("set")
+    assert torch.all(pos[set_nodes] == 0) and set_nodes.sum() == 1 + 3  # the root and the unordered tokens
+    patches = sample.leaf_node[:4]  # (0,0), (0,1), (1,0), (1,1) of the first frame
+    assert not torch.allclose(pos[patches[0]], pos[patches[1]])
+    torch.testing.assert_close(pos[patches[0]], pos[sample.leaf_node[4]])  # same cell in the next frame
+    with pytest.raises(ValueError, match="'question' is not in the model's key vocabulary"):
+        PositionEncoder(2, 4, keys=["video"])(sample)
+
+
+def test_encoder_and_pooling():
+    torch.manual_seed(0)
+    video = Hierarchy.regular([2, 2, (2, 2)])
+    text = Hierarchy.from_nested([[0, 1, 2], [3, 4]])
+    h = Hierarchy.join([video, text], keys=["video", "question"])
+    modality = torch.tensor([0] * 16 + [1] * 5)
+    features = {"video": torch.randn(16, 10).half(), "text": torch.randn(5, 6).half()}
+    enc = HierarchicalEncoder({"video": 10, "text": 6}, dim=16, depth=2, heads=2, pos_dim=4, keys=["video", "question"])
+    out = enc(features, modality, h)
+    assert out.shape == (21, 16) and torch.isfinite(out).all()
+    out.sum().backward()
+    no_grad = {n.split(".", 3)[-1] for n, p in enc.named_parameters() if p.grad is None}
+    assert no_grad == {"position.time.weight"}  # no node of this sample sits in the time domain
+    nodes = torch.tensor([0, 1, int(torch.nonzero(h.parent == 0).flatten()[1])])  # sample, video, question
+    pooled = pool_nodes(out.detach(), h, nodes)
+    torch.testing.assert_close(pooled[0], out.detach().mean(0))
+    torch.testing.assert_close(pooled[1], out.detach()[:16].mean(0))
+    torch.testing.assert_close(pooled[2], out.detach()[16:].mean(0))
+    with pytest.raises(ValueError, match="modality 'text': 5 leaves but 4 feature rows"):
+        enc({"video": features["video"], "text": features["text"][:4]}, modality, h)
