@@ -30,13 +30,19 @@ class HSAAttention(nn.Module):
         keys: named-key vocabulary for the position encoder.
         include_self: HSA variant (see :func:`mmhsa.hsa`).
         backend: HSA backend ("auto": Triton on CUDA, torch elsewhere).
+        mixer: "hsa"; or the paper's baselines over the same leaves: "flat" (softmax attention over
+            all leaves of each tree, via ``scaled_dot_product_attention``; positions unused) and
+            "mean" (attention-free: every leaf gets the mean value of its tree, a DeepSet).
     """
 
     def __init__(self, dim: int, heads: int, modalities: int = 1, qk_norm: bool = True, pos_dim: int = 8,
-                 keys=(), include_self: bool = False, backend: str = "auto"):
+                 keys=(), include_self: bool = False, backend: str = "auto", mixer: str = "hsa"):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        if mixer not in ("hsa", "flat", "mean"):
+            raise ValueError(f"mixer must be 'hsa', 'flat' or 'mean', got {mixer!r}")
+        self.mixer = mixer
         self.heads, self.head_dim = heads, dim // heads
         self.qkv = nn.ModuleList(nn.Linear(dim, 3 * dim) for _ in range(modalities))
         self.q_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
@@ -57,10 +63,32 @@ class HSAAttention(nn.Module):
                 if len(rows):
                     qkv = qkv.index_put((rows,), layer(x[rows]))
         q, k, v = qkv.view(n, 3, self.heads, self.head_dim).unbind(1)
-        pos = None if self.position is None else self.position(hierarchy)
-        out = hsa(self.q_norm(q), self.k_norm(k), v, hierarchy, pos=pos, include_self=self.include_self,
-                  backend=self.backend)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if self.mixer == "hsa":
+            pos = None if self.position is None else self.position(hierarchy)
+            out = hsa(q, k, v, hierarchy, pos=pos, include_self=self.include_self, backend=self.backend)
+        elif self.mixer == "flat":
+            out = _flat_attention(q, k, v, hierarchy)
+        else:
+            out = _tree_mean(v, hierarchy)
         return self.proj(out.reshape(n, dim))
+
+
+def _flat_attention(q, k, v, hierarchy: Hierarchy) -> torch.Tensor:
+    """Softmax attention among all leaves of each tree (block-diagonal over the forest): [N, H, D]."""
+    import torch.nn.functional as F
+
+    tree = torch.bucketize(torch.arange(q.shape[0], device=q.device), hierarchy.tree_leaf_ptr[1:], right=True)
+    mask = tree[:, None] == tree[None, :]  # [N, N]; trees never attend to each other
+    out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask)
+    return out.transpose(0, 1)
+
+
+def _tree_mean(v, hierarchy: Hierarchy) -> torch.Tensor:
+    """Every leaf gets the mean value of its tree: [N, H, D]."""
+    ptr = hierarchy.tree_leaf_ptr
+    sizes = (ptr[1:] - ptr[:-1]).tolist()
+    return torch.cat([part.mean(0, keepdim=True).expand_as(part) for part in v.split(sizes)])
 
 
 class HTEBlock(nn.Module):

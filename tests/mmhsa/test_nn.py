@@ -67,3 +67,18 @@ def test_encoder_and_pooling():
     torch.testing.assert_close(pooled[2], out.detach()[16:].mean(0))
     with pytest.raises(ValueError, match="modality 'text': 5 leaves but 4 feature rows"):
         enc({"video": features["video"], "text": features["text"][:4]}, modality, h)
+
+
+@pytest.mark.parametrize("mixer", ["flat", "mean"])
+def test_baseline_mixers_keep_trees_apart(mixer):
+    torch.manual_seed(0)
+    layer = HSAAttention(8, 2, mixer=mixer, pos_dim=0)
+    a, b = Hierarchy.from_nested([[0, 1], [2, 3, 4]]), Hierarchy.from_nested([0, [1, 2]])
+    xa, xb = torch.randn(5, 8), torch.randn(3, 8)
+    both = layer(torch.cat([xa, xb]), Hierarchy.batch([a, b]))
+    torch.testing.assert_close(both[:5], layer(xa, a), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(both[5:], layer(xb, b), rtol=1e-5, atol=1e-6)
+    if mixer == "mean":  # attention-free: the output ignores the order and the structure of the tree
+        torch.testing.assert_close(layer(xa, a)[0], layer(xa, a)[4])
+    with pytest.raises(ValueError, match="mixer"):
+        HSAAttention(8, 2, mixer="linear")
