@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 DEPS_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 
-.PHONY: help setup test bench-op
+.PHONY: help setup prepare test bench-op
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@rm -f $(VENV)/.installed-* && touch $@
+
+prepare: setup  ## generate the embedded corpus if missing and prepare it for retrieval and QA (data/prepared/synthetic)
+	$(PY) -m data_prep.prepare -c configs/data/synthetic.yaml $(ARGS)
 
 test: setup  ## run the whole test suite in one pytest process (CPU; Triton under TRITON_INTERPRET=1)
 	@$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 0; fi; exit $$rc

@@ -20,7 +20,8 @@ from pathlib import Path
 
 __all__ = ["CaptionItem", "QAItem", "read_jsonl_folder", "read_msrvtt", "read_nextqa"]
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".gif")
+# Still images are one-frame videos (FFmpeg decodes them through the same interface).
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".gif", ".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SPLITS = {"train": "train", "validate": "val", "val": "val", "valid": "val", "test": "test"}
 
 
@@ -137,9 +138,13 @@ def read_nextqa(csv_files: dict[str, str | Path], video_dir: str | Path) -> tupl
 
 def read_jsonl_folder(folder: str | Path, annotations: str = "annotations.jsonl") -> tuple[list, Problems]:
     """A folder of videos described by a JSONL file: caption lines become :class:`CaptionItem`, lines
-    with a question and candidates :class:`QAItem`. Videos without a line are captionless items."""
+    with a question and candidates :class:`QAItem`. Videos without a line are captionless items.
+
+    An item's id is the line's "id", else the video's file name without extension; a line whose id is
+    already taken is a problem (give such lines an "id")."""
     folder = Path(folder)
     items, problems, described = [], [], set()
+    seen: dict[str, str] = {}  # id -> where it was first used
     for line_no, line in enumerate(_read_text(folder / annotations).splitlines(), start=1):
         if not line.strip():
             continue
@@ -151,7 +156,12 @@ def read_jsonl_folder(folder: str | Path, annotations: str = "annotations.jsonl"
             problems.append((where, f"not a JSON object with a 'video' field ({err})"))
             continue
         path = folder / rel
-        item_id = row.get("id", Path(rel).stem)
+        item_id = str(row.get("id", Path(rel).stem))
+        if item_id in seen:
+            problems.append((f"{item_id} ({where})", f"{where}: id {item_id!r} is already used by {seen[item_id]}; "
+                                                     "give the line an 'id'"))
+            continue
+        seen[item_id] = where
         if not path.is_file():
             problems.append((item_id, f"{where}: video {rel!r} not found"))
             continue
@@ -161,13 +171,23 @@ def read_jsonl_folder(folder: str | Path, annotations: str = "annotations.jsonl"
             if "question" in row:
                 candidates = [str(c) for c in row["candidates"]]
                 answer = int(row.get("answer", -1))
-                items.append(QAItem(item_id, path, str(row["question"]), candidates, answer,
+                if not str(row["question"]).strip() or not candidates or not all(c.strip() for c in candidates):
+                    raise ValueError("needs a non-empty question and non-empty candidates")
+                if not 0 <= answer < len(candidates):
+                    raise ValueError(f"answer {answer} is not an index into the {len(candidates)} candidates")
+                items.append(QAItem(item_id, path, str(row["question"]).strip(), candidates, answer,
                                     str(row.get("type", "")), split))
             else:
-                items.append(CaptionItem(item_id, path, [str(c) for c in row.get("captions", [])], split))
+                # No "captions" field: a video to index only. A field given but empty is a mistake.
+                captions = [str(c).strip() for c in row.get("captions", [])]
+                if "captions" in row and (not captions or not all(captions)):
+                    raise ValueError("'captions' is given but empty, or holds an empty caption")
+                items.append(CaptionItem(item_id, path, captions, split))
         except (KeyError, TypeError, ValueError) as err:
             problems.append((item_id, f"{where}: {err}"))
     for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS):
         if path.resolve() not in described:
-            items.append(CaptionItem(path.stem, path, [], "test"))
+            rel = path.relative_to(folder).as_posix()
+            items.append(CaptionItem(rel if path.stem in seen else path.stem, path, [], "test"))
+            seen.setdefault(path.stem, rel)
     return items, problems

@@ -390,7 +390,13 @@ def prepare(config: PrepareConfig, progress: bool = False) -> dict:
             for item_id, problem in problems:
                 if not preparer.writers[t].is_done(item_id):
                     preparer.fail(t, item_id, task.annotations, "annotations", problem)
+            seen: set[str] = set()
             for item in items:
+                if item.id in seen:  # e.g. two rows for one video without ids: one sample id each
+                    preparer.fail(t, f"{item.id} ({item.video})", task.annotations, "annotations",
+                                  f"item id {item.id!r} is used twice in {task.annotations}")
+                    continue
+                seen.add(item.id)
                 units.setdefault(item.video.resolve(), _Unit(item.video)).items.append((t, item))
         preparer.run(list(units.values()))
     finally:

