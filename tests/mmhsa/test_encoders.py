@@ -76,3 +76,37 @@ def test_bad_frames():
     enc = PatchEncoder(PatchEncoderConfig(image_size=64))
     with pytest.raises(ValueError, match="uint8"):
         enc(torch.zeros(1, 8, 8, 3))
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_text(tmp_path_factory):
+    """A tiny open_clip model whose text tower covers the real BPE vocabulary (49,408 ids)."""
+    import open_clip
+
+    path = tmp_path_factory.mktemp("clip") / "mmhsa-tiny-text.json"
+    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+           "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    path.write_text(json.dumps(cfg))
+    open_clip.add_model_config(path)
+    return "mmhsa-tiny-text"
+
+
+def test_open_clip_text_tower_token_features(tiny_clip_text):
+    from mmhsa.encoders import OpenClipTokenEncoder, TextEncoderConfig, build_text_encoder
+
+    torch.manual_seed(0)
+    enc = build_text_encoder(TextEncoderConfig(source="open_clip", name=tiny_clip_text, weights="random"))
+    assert isinstance(enc, OpenClipTokenEncoder) and enc.dim == 32 and enc.max_tokens == 10
+    long = "a red circle moves up then a blue square moves left and a green triangle moves down"
+    (pieces, feats), (short_pieces, short_feats), (none, empty) = enc.encode([long, "a red circle", ""])
+    assert len(pieces) > enc.max_tokens and feats.shape == (len(pieces), 32) and feats.dtype == torch.float16
+    assert short_pieces == ["a</w>", "red</w>", "circle</w>"] and short_feats.shape == (3, 32)
+    assert none == [] and empty.shape == (0, 32)
+    # Windows are independent and padding is masked (causal): the first window of the long text is the
+    # same as encoding its first max_tokens pieces alone.
+    alone = enc.encode([" ".join(p.replace("</w>", "") for p in pieces[: enc.max_tokens])])[0][1]
+    torch.testing.assert_close(feats[: enc.max_tokens], alone, rtol=0, atol=2e-3)
+    with pytest.raises(ValueError, match="max_tokens"):
+        OpenClipTokenEncoder(tiny_clip_text, "random", max_tokens=11)
+    with pytest.raises(ValueError, match="weights"):
+        TextEncoderConfig(source="open_clip", name=tiny_clip_text)
