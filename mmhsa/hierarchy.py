@@ -239,7 +239,7 @@ class Hierarchy:
 
         self._np = dict(
             parent=parent, depth=depth, leaf_start=leaf_start, leaf_end=leaf_end,
-            kind=kind, domain=domain, coord=coord,
+            kind=kind, domain=domain, coord=coord, subtree=subtree,
         )
         self.num_nodes = m
         self.num_leaves = int(is_leaf.sum())
@@ -499,6 +499,32 @@ class Hierarchy:
         out = cls(parent, kind=kinds, kind_names=kind_names, domain=domain, coord=coord,
                   key_names=key_names, _validated=True)
         return out.to(forest.device)
+
+    def subtree(self, node: int) -> "Hierarchy":
+        """The subtree rooted at ``node`` as a one-tree hierarchy: nodes ``node .. node + size - 1`` (pre-order
+        makes them contiguous), leaves ``leaf_start[node] .. leaf_end[node] - 1``. Its root has no
+        siblings, so it moves to the "set" domain; everything else keeps its metadata."""
+        if not 0 <= node < self.num_nodes:
+            raise IndexError(f"subtree: node {node} is outside 0..{self.num_nodes - 1}")
+        nodes = slice(node, node + int(self._np["subtree"][node]))
+        parent = self._np["parent"][nodes] - node
+        parent[0] = -1
+        domain, coord = self._np["domain"][nodes].copy(), self._np["coord"][nodes].copy()
+        domain[0], coord[0] = DOMAINS.index("set"), 0
+        out = Hierarchy(parent, kind=self._np["kind"][nodes], kind_names=self.kind_names, domain=domain, coord=coord,
+                        key_names=self.key_names, _validated=True)
+        return out.to(self.device)
+
+    def children(self, node: int) -> list[int]:
+        """The children of ``node`` in order (pre-order ids)."""
+        end = node + int(self._np["subtree"][node])
+        return [int(c) for c in np.nonzero(self._np["parent"][node + 1:end] == node)[0] + node + 1]
+
+    def keyed_children(self, node: int) -> dict[str, int]:
+        """Children of ``node`` in the "key" domain by key name (e.g. a sample's "video", "question")."""
+        key = DOMAINS.index("key")
+        return {self.key_names[int(self._np["coord"][c, 0])]: c for c in self.children(node)
+                if self._np["domain"][c] == key}
 
     # ------------------------------------------------------------ utilities
     @property

@@ -2,6 +2,7 @@
 
 from .attention import HSAAttention, HTEBlock
 from .encoder import HierarchicalEncoder, pool_nodes
-from .position import PositionEncoder, sinusoid
+from .position import PathEmbedding, PositionEncoder, sinusoid
 
-__all__ = ["HSAAttention", "HTEBlock", "HierarchicalEncoder", "PositionEncoder", "pool_nodes", "sinusoid"]
+__all__ = ["HSAAttention", "HTEBlock", "HierarchicalEncoder", "PathEmbedding", "PositionEncoder", "pool_nodes",
+           "sinusoid"]

@@ -7,6 +7,7 @@ from torch import nn
 
 from ..hierarchy import Hierarchy
 from .attention import HTEBlock
+from .position import PathEmbedding
 
 __all__ = ["HierarchicalEncoder", "pool_nodes"]
 
@@ -27,14 +28,16 @@ class HierarchicalEncoder(nn.Module):
     Args:
         input_dims: feature width per modality, in modality-id order (e.g. {"video": 1280, "text": 384}).
         dim, depth, heads, mlp_ratio, dropout: transformer sizes.
+        path_positions: add :class:`~mmhsa.nn.PathEmbedding` (absolute leaf positions) to the inputs.
         **attention: passed to every :class:`~mmhsa.nn.HSAAttention` (pos_dim, keys, include_self,
             qk_norm, backend).
     """
 
     def __init__(self, input_dims: dict[str, int], dim: int = 256, depth: int = 4, heads: int = 4,
-                 mlp_ratio: float = 4.0, dropout: float = 0.0, **attention):
+                 mlp_ratio: float = 4.0, dropout: float = 0.0, path_positions: bool = True, **attention):
         super().__init__()
         self.modalities = list(input_dims)
+        self.path = PathEmbedding(dim, attention.get("keys", ())) if path_positions else None
         self.adapters = nn.ModuleDict({m: nn.Linear(c, dim) for m, c in input_dims.items()})
         self.blocks = nn.ModuleList(
             HTEBlock(dim, heads, mlp_ratio, dropout, modalities=len(input_dims), **attention) for _ in range(depth)
@@ -57,6 +60,8 @@ class HierarchicalEncoder(nn.Module):
             x = x.index_put((rows,), value)
         if x is None:
             raise ValueError("no leaves of a known modality")
+        if self.path is not None:
+            x = x + self.path(hierarchy).to(x.dtype)
         for block in self.blocks:
             x = block(x, hierarchy, leaf_modality)
         return self.norm(x)

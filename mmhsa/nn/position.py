@@ -17,7 +17,7 @@ from torch import nn
 
 from ..hierarchy import DOMAINS, Hierarchy
 
-__all__ = ["PositionEncoder", "sinusoid"]
+__all__ = ["PathEmbedding", "PositionEncoder", "sinusoid"]
 
 
 def sinusoid(x: torch.Tensor, features: int, max_period: float) -> torch.Tensor:
@@ -87,3 +87,27 @@ class PositionEncoder(nn.Module):
             table.append(self.keys[name])
         table = torch.tensor(table or [0], dtype=torch.long, device=local.device)
         return table[local.long()]
+
+
+class PathEmbedding(nn.Module):
+    """Absolute leaf positions: the sum, over a leaf and all its ancestors, of a learned map of each
+    node's position among its siblings ([N, dim]; e.g. patch (row, col) + frame time + clip time + key).
+
+    HSA's ``e(A).e(B)`` only biases which siblings attend to each other; values carry no position. Added
+    to the leaf inputs, this lets values say *where* a feature is (which frame, which cell), which
+    motion and order need. The baselines (flat attention, mean pooling) get the same inputs.
+    """
+
+    def __init__(self, dim: int, keys: Sequence[str] = (), **position):
+        super().__init__()
+        self.nodes = PositionEncoder(1, dim, keys, **position)
+
+    def forward(self, hierarchy: Hierarchy) -> torch.Tensor:
+        e = self.nodes(hierarchy)[:, 0]  # [M, dim]
+        node = hierarchy.leaf_node
+        out = e[node]
+        for _ in range(hierarchy.max_depth):  # climb one level per step, all leaves at once
+            node = hierarchy.parent[node]
+            live = node >= 0
+            out = out + e[node.clamp(min=0)] * live[:, None]
+        return out

@@ -121,6 +121,29 @@ def test_batch_and_join():
         Hierarchy.join([f])
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_subtree_undoes_join(seed):
+    """join(parts) then subtree(each key child) gives every part back, metadata included."""
+    rng = np.random.default_rng(seed)
+    parts = [random_hierarchy(int(s)) for s in rng.integers(0, 1000, 3)]
+    parts = [p.subtree(0) if p.num_trees > 1 else p for p in parts]  # join takes single trees
+    keys = ["video", "question", "answer_0"]
+    joined = Hierarchy.join(parts, keys=keys)
+    children = joined.keyed_children(0)
+    assert list(children) == keys and joined.children(0) == list(children.values())
+    for key, part in zip(keys, parts):
+        sub = joined.subtree(children[key])
+        assert sub.num_trees == 1 and sub.num_leaves == part.num_leaves
+        assert torch.equal(sub.parent, part.parent)
+        assert sub.kinds_of() == part.kinds_of()
+        assert torch.equal(sub.domain[1:], part.domain[1:]) and torch.equal(sub.coord[1:], part.coord[1:])
+        assert sub.domain[0] == DOMAINS.index("set")
+        start = int(joined.leaf_start[children[key]])
+        assert int(joined.leaf_end[children[key]]) - start == part.num_leaves
+    with pytest.raises(IndexError, match="outside"):
+        joined.subtree(joined.num_nodes)
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_plan_invariants(seed):
     h = random_hierarchy(seed)
