@@ -86,7 +86,7 @@ def test_baseline_mixers_keep_trees_apart(mixer):
 
 def test_path_embedding_sums_the_positions_on_the_way_to_the_root():
     """A 2-clip x 3-frame x 2x2-patch video: leaf = patch(grid) + frame(time) + clip(time) (+ root: set = 0)."""
-    h = Hierarchy.regular([2, 3, 4], kinds=["video", "clip", "frame", "patch"])
+    h = Hierarchy.regular([2, 3, (2, 2)], kinds=["video", "clip", "frame", "patch"])
     torch.manual_seed(0)
     path = PathEmbedding(8)
     e = path.nodes(h)[:, 0]
