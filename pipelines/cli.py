@@ -1,8 +1,10 @@
 """The ``mmhsa`` command line.
 
 ``mmhsa info`` reports the installed stack and which HSA backends can run here; ``mmhsa prepare ...``
-is ``python -m data_prep.prepare ...`` (videos and annotations into hierarchy shards). The Lightning
-subcommands (``fit``, ``validate``, ``test``, ``predict``) join with the training pipeline.
+is ``python -m data_prep.prepare ...`` (videos and annotations into hierarchy shards);
+``mmhsa fit|validate|test -c configs/<recipe>.yaml [--trainer.max_epochs=3 --model.init_args.depth=4 ...]``
+is the Lightning CLI over the task modules (:mod:`pipelines.retrieval`, :mod:`pipelines.qa`) and
+:class:`~pipelines.data.ShardDataModule` (``--print_config``, ``--ckpt_path`` to resume).
 """
 
 from __future__ import annotations
@@ -33,16 +35,36 @@ def info() -> dict:
             "backends": backends}
 
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def lightning_cli(argv: list[str], run: bool = True):
+    """The Lightning CLI: any :class:`~pipelines.model.FusionModule` (``model.class_path``) on shards."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from pipelines.data import ShardDataModule
+    from pipelines.model import FusionModule
+
+    return LightningCLI(FusionModule, ShardDataModule, subclass_mode_model=True, args=argv, run=run,
+                        seed_everything_default=0, save_config_kwargs={"overwrite": True},
+                        parser_kwargs={"prog": "mmhsa"})
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["prepare"]:  # its own (jsonargparse) parser takes every further argument
         from data_prep.prepare import main as prepare_main
 
         return prepare_main(argv[1:])
+    if argv[:1] and argv[0] in LIGHTNING_COMMANDS:
+        lightning_cli(argv)
+        return 0
     parser = argparse.ArgumentParser(prog="mmhsa", description="Multi-modal video understanding with HSA.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="installed versions and the HSA backends available here")
     sub.add_parser("prepare", help="videos + annotations -> hierarchy shards (see `mmhsa prepare --help`)")
+    for command in LIGHTNING_COMMANDS:
+        sub.add_parser(command, help=f"Lightning CLI: {command} a recipe (see `mmhsa {command} --help`)")
     args = parser.parse_args(argv)
     if args.command == "info":
         report = info()

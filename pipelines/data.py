@@ -9,42 +9,78 @@ families in the kernels, steadier memory) with a seeded, epoch-dependent shuffle
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Sampler, Subset
+from torch.utils.data import DataLoader, Sampler
 
-from data_prep.assemble import Sample
+from data_prep.assemble import MODALITIES, Sample
 from data_prep.shards import ShardDataset
 from mmhsa import Hierarchy
 
-__all__ = ["Batch", "ShardDataModule", "SizeBucketSampler", "collate"]
+__all__ = ["Batch", "RetrievalBatch", "ShardDataModule", "SizeBucketSampler", "Trees", "collate", "retrieval_collate",
+           "sample_part"]
 
 
-@dataclass
-class Batch:
-    """A forest of samples.
+class Trees:
+    """A forest of (sub)trees with their leaves' features: what the encoder consumes.
 
     Attributes:
-        ids: sample ids, in tree order.
         hierarchy: the forest.
-        features: per modality [sum N_m, C_m] fp16.
-        leaf_modality: [N] modality id per leaf.
-        meta: per-sample metadata.
+        features: per modality [N_m, C_m] rows in the forest's leaf order of that modality.
+        leaf_modality: [N] modality id per leaf (index into ``data_prep.assemble.MODALITIES``).
     """
 
-    ids: list[str]
-    hierarchy: Hierarchy
-    features: dict[str, torch.Tensor]
-    leaf_modality: torch.Tensor
-    meta: list[dict]
+    def __init__(self, hierarchy: Hierarchy, features: dict[str, torch.Tensor], leaf_modality: torch.Tensor):
+        self.hierarchy, self.features, self.leaf_modality = hierarchy, features, leaf_modality
+
+    @classmethod
+    def batch(cls, parts: Sequence["Trees"]) -> "Trees":
+        """Parts one after the other in one forest (each modality's rows concatenated in the same order)."""
+        modalities = sorted({m for p in parts for m in p.features})
+        return cls(Hierarchy.batch([p.hierarchy for p in parts]),
+                   {m: torch.cat([p.features[m] for p in parts if m in p.features]) for m in modalities},
+                   torch.cat([p.leaf_modality for p in parts]))
+
+    def to(self, device) -> "Trees":
+        return Trees(self.hierarchy.to(device), {k: v.to(device) for k, v in self.features.items()},
+                     self.leaf_modality.to(device))
+
+    @property
+    def num_trees(self) -> int:
+        return self.hierarchy.num_trees
+
+
+def sample_trees(sample: Sample) -> Trees:
+    return Trees(sample.hierarchy, sample.features, sample.leaf_modality)
+
+
+def sample_part(sample: Sample, node: int) -> Trees:
+    """The subtree of a sample under ``node`` (e.g. its "video" or one caption) with its leaves' features."""
+    h = sample.hierarchy
+    start, end = int(h.leaf_start[node]), int(h.leaf_end[node])
+    modality = sample.leaf_modality
+    features = {}
+    for m, name in enumerate(MODALITIES):
+        if name in sample.features:
+            before = int((modality[:start] == m).sum())  # rows of modality m are in leaf order
+            count = int((modality[start:end] == m).sum())
+            if count:
+                features[name] = sample.features[name][before:before + count]
+    return Trees(h.subtree(node), features, modality[start:end])
+
+
+class Batch(Trees):
+    """A forest of whole samples (ids and metadata in tree order)."""
+
+    def __init__(self, ids: list[str], trees: Trees, meta: list[dict]):
+        super().__init__(trees.hierarchy, trees.features, trees.leaf_modality)
+        self.ids, self.meta = ids, meta
 
     def to(self, device) -> "Batch":
-        return Batch(self.ids, self.hierarchy.to(device), {k: v.to(device) for k, v in self.features.items()},
-                     self.leaf_modality.to(device), self.meta)
+        return Batch(self.ids, super().to(device), self.meta)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -52,14 +88,43 @@ class Batch:
 
 def collate(samples: Sequence[Sample]) -> Batch:
     """Samples -> one forest batch."""
-    modalities = sorted({m for s in samples for m in s.features})
-    return Batch(
-        ids=[s.id for s in samples],
-        hierarchy=Hierarchy.batch([s.hierarchy for s in samples]),
-        features={m: torch.cat([s.features[m] for s in samples if m in s.features]) for m in modalities},
-        leaf_modality=torch.cat([s.leaf_modality for s in samples]),
-        meta=[dict(s.meta) for s in samples],
-    )
+    return Batch([s.id for s in samples], Trees.batch([sample_trees(s) for s in samples]),
+                 [dict(s.meta) for s in samples])
+
+
+class RetrievalBatch:
+    """Videos and their captions as two forests (the dual encoder embeds each side alone).
+
+    Attributes:
+        ids: video (sample) ids.
+        videos: one tree per sample: its "video" subtree.
+        texts: one tree per caption of every sample (a caption section: sentences -> tokens).
+        text_video: [T] index into ``ids`` of each caption's video.
+    """
+
+    def __init__(self, ids: list[str], videos: Trees, texts: Trees, text_video: torch.Tensor):
+        self.ids, self.videos, self.texts, self.text_video = ids, videos, texts, text_video
+
+    def to(self, device) -> "RetrievalBatch":
+        return RetrievalBatch(self.ids, self.videos.to(device), self.texts.to(device), self.text_video.to(device))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def retrieval_collate(samples: Sequence[Sample]) -> RetrievalBatch:
+    """Caption samples (keys "video" and "captions") -> a :class:`RetrievalBatch` with every caption."""
+    videos, texts, owner = [], [], []
+    for b, sample in enumerate(samples):
+        keys = sample.hierarchy.keyed_children(0)
+        if "video" not in keys or "captions" not in keys:
+            raise ValueError(f"sample {sample.id!r}: retrieval needs 'video' and 'captions', it has {sorted(keys)}")
+        videos.append(sample_part(sample, keys["video"]))
+        for caption in sample.hierarchy.children(keys["captions"]):
+            texts.append(sample_part(sample, caption))
+            owner.append(b)
+    return RetrievalBatch([s.id for s in samples], Trees.batch(videos), Trees.batch(texts),
+                          torch.tensor(owner, dtype=torch.long))
 
 
 class SizeBucketSampler(Sampler[list[int]]):
@@ -75,6 +140,11 @@ class SizeBucketSampler(Sampler[list[int]]):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    @property
+    def sampler(self) -> "SizeBucketSampler":
+        """Lightning calls ``set_epoch`` on ``loader.batch_sampler.sampler``: that is this object."""
+        return self
 
     def _batches(self) -> list[list[int]]:
         order = list(range(len(self.sizes)))
@@ -101,41 +171,47 @@ class SizeBucketSampler(Sampler[list[int]]):
 class ShardDataModule(pl.LightningDataModule):
     """Prepared shards -> train/val/test loaders, split by each sample's ``meta["split"]``.
 
+    Samples are read once into memory (shuffled access to on-disk shards would re-read them).
+
     Args:
-        data_dir: a prepared directory (``make prepare`` output).
+        data_dir: a prepared task directory (``make prepare`` output, e.g. data/prepared/synthetic/qa).
+        task: "qa" (whole samples, :func:`collate`) or "retrieval" (videos and captions apart,
+            :func:`retrieval_collate`).
         batch_size: samples per batch.
         num_workers: loader worker processes.
         seed: shuffling seed (the epoch is added, so runs are reproducible and epochs differ).
+        limit: use only the first ``limit`` samples of each split (quick runs, tests); None: all.
     """
 
-    def __init__(self, data_dir: str, batch_size: int = 16, num_workers: int = 0, seed: int = 0):
+    def __init__(self, data_dir: str, task: str = "qa", batch_size: int = 16, num_workers: int = 0, seed: int = 0,
+                 limit: int | None = None):
         super().__init__()
-        self.data_dir, self.batch_size, self.num_workers, self.seed = Path(data_dir), batch_size, num_workers, seed
-        self.splits: dict[str, Subset] = {}
+        if task not in ("qa", "retrieval"):
+            raise ValueError(f"task must be 'qa' or 'retrieval', got {task!r}")
+        self.data_dir, self.task, self.batch_size = Path(data_dir), task, batch_size
+        self.num_workers, self.seed, self.limit = num_workers, seed, limit
+        self.splits: dict[str, list[Sample]] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
         data = ShardDataset(self.data_dir)
-        by_split: dict[str, list[int]] = {}
-        sizes = []
         for i in range(len(data)):
             sample = data[i]
-            by_split.setdefault(sample.meta.get("split", "train"), []).append(i)
-            sizes.append(sample.hierarchy.num_leaves)
-        self.sizes = sizes
-        self.splits = {name: Subset(data, idx) for name, idx in by_split.items()}
+            self.splits.setdefault(sample.meta.get("split", "train"), []).append(sample)
+        if self.limit is not None:
+            self.splits = {k: v[: self.limit] for k, v in self.splits.items()}
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         if split not in self.splits:
             raise ValueError(f"{self.data_dir}: no samples in split {split!r} (have {sorted(self.splits)})")
-        subset = self.splits[split]
-        sampler = SizeBucketSampler([self.sizes[i] for i in subset.indices], self.batch_size, shuffle=train,
+        samples = self.splits[split]
+        sampler = SizeBucketSampler([s.hierarchy.num_leaves for s in samples], self.batch_size, shuffle=train,
                                     seed=self.seed)
         if train and self.trainer is not None:
             sampler.set_epoch(self.trainer.current_epoch)
-        return DataLoader(subset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
-                          persistent_workers=False)
+        return DataLoader(samples, batch_sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=retrieval_collate if self.task == "retrieval" else collate)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -1,0 +1,110 @@
+"""Multiple-choice video QA on the joint hierarchy (video, optional transcript, question, candidates).
+
+One tree holds everything; after the encoder each candidate is scored from its own leaf-mean, the
+question's and the video's (a candidate has met the video and the question through attention at the
+sample's root). Cross-entropy over the candidates; accuracy overall and per question type.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .data import Batch
+from .metrics import qa_accuracy
+from .model import FusionModule, mlp
+from mmhsa.nn import pool_nodes
+
+__all__ = ["QAModule"]
+
+
+class QAModule(FusionModule):
+    """Multiple-choice QA.
+
+    Args:
+        head_hidden: hidden width of the candidate scorer.
+        **fusion: encoder and optimiser settings (:class:`~pipelines.model.FusionModule`).
+    """
+
+    def __init__(self, head_hidden: int = 256, **fusion):
+        super().__init__(**fusion)
+        self.save_hyperparameters()
+        dim = self.encoder.dim
+        self.scorer = mlp(3 * dim, head_hidden, 1)
+        self._outputs: list[tuple[torch.Tensor, torch.Tensor, list[str]]] = []
+
+    @staticmethod
+    def slots(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Node ids per sample: video [B], question [B], candidates [B, K] (-1 where a sample has fewer)."""
+        h = batch.hierarchy
+        videos, questions, candidates = [], [], []
+        for b, root in enumerate(h.tree_node_ptr[:-1].tolist()):
+            keys = h.keyed_children(root)
+            answers = [keys[k] for k in sorted((k for k in keys if k.startswith("answer_")), key=lambda k: int(k[7:]))]
+            if "video" not in keys or "question" not in keys or not answers:
+                raise ValueError(f"sample {batch.ids[b]!r}: QA needs 'video', 'question' and 'answer_k', it has "
+                                 f"{sorted(keys)}")
+            videos.append(keys["video"])
+            questions.append(keys["question"])
+            candidates.append(answers)
+        width = max(len(c) for c in candidates)
+        table = torch.full((len(candidates), width), -1, dtype=torch.long)
+        for b, c in enumerate(candidates):
+            table[b, : len(c)] = torch.tensor(c)
+        device = h.device
+        return torch.tensor(videos, device=device), torch.tensor(questions, device=device), table.to(device)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Candidate scores [B, K]; -inf where a sample has fewer than K candidates."""
+        x = self.encode(batch)
+        videos, questions, candidates = self.slots(batch)
+        valid = candidates >= 0
+        v = pool_nodes(x, batch.hierarchy, videos)
+        q = pool_nodes(x, batch.hierarchy, questions)
+        a = pool_nodes(x, batch.hierarchy, candidates.clamp(min=0).flatten()).view(*candidates.shape, -1)
+        k = candidates.shape[1]
+        scores = self.scorer(torch.cat([a, q[:, None].expand(-1, k, -1), v[:, None].expand(-1, k, -1)], -1))[..., 0]
+        return scores.masked_fill(~valid, float("-inf"))
+
+    @staticmethod
+    def answers(batch: Batch) -> torch.Tensor:
+        return torch.tensor([m["answer"] for m in batch.meta], device=batch.hierarchy.device)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss = F.cross_entropy(self(batch), self.answers(batch))
+        self.check_loss(loss, batch_idx, batch.ids)
+        self.log("train/loss", loss, batch_size=len(batch), prog_bar=True)
+        return loss
+
+    # ------------------------------------------------------------------ evaluation
+    def _collect(self, batch: Batch) -> None:
+        scores = self(batch)
+        self._outputs.append((scores, self.answers(batch), [m.get("type", "") for m in batch.meta]))
+
+    def _evaluate(self, prefix: str) -> dict[str, float]:
+        width = max(s.shape[1] for s, _, _ in self._outputs)
+        scores = torch.cat([F.pad(s, (0, width - s.shape[1]), value=float("-inf")) for s, _, _ in self._outputs])
+        answers = torch.cat([a for _, a, _ in self._outputs])
+        types = [t for _, _, ts in self._outputs for t in ts]
+        self._outputs = []
+        metrics = {f"{prefix}/{k}": v for k, v in qa_accuracy(scores.float().cpu(), answers.cpu(), types).items()}
+        self.log_dict(metrics, batch_size=len(answers))
+        return metrics
+
+    def on_validation_epoch_start(self) -> None:
+        self._outputs = []
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._collect(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluate("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._outputs = []
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._collect(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._evaluate("test")
