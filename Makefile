@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 DEPS_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 
-.PHONY: help setup prepare test bench-op
+.PHONY: help setup prepare train test bench-op
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ $(STAMP): pyproject.toml
 
 prepare: setup  ## generate the embedded corpus if missing and prepare it for retrieval and QA (data/prepared/synthetic)
 	$(PY) -m data_prep.prepare -c configs/data/synthetic.yaml $(ARGS)
+
+train: prepare  ## train retrieval and QA on the embedded corpus (HSA vs flat attention vs mean pooling), print the test table
+	$(PY) -m pipelines.train_all $(ARGS)
 
 test: setup  ## run the whole test suite in one pytest process (CPU; Triton under TRITON_INTERPRET=1)
 	@$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 0; fi; exit $$rc

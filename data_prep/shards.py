@@ -219,6 +219,9 @@ class ShardDataset(torch.utils.data.Dataset):
         if self._cached is None or self._cached[0] != s:
             info = self.manifest["shards"][s]
             path = self.dir / info["file"]
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: shard listed in {self.dir / MANIFEST} is missing (prepare the "
+                                        "dataset again into an empty directory)")
             actual = _sha256(path)
             if actual != info["sha256"]:
                 raise ValueError(f"{path}: checksum {actual[:12]} does not match the manifest's {info['sha256'][:12]}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -132,11 +132,14 @@ class SizeBucketSampler(Sampler[list[int]]):
     ``batch_size * window`` by size, cut into batches, shuffle the batches."""
 
     def __init__(self, sizes: Sequence[int], batch_size: int, shuffle: bool = True, seed: int = 0,
-                 window: int = 50, drop_last: bool = False):
+                 window: int = 50, drop_last: bool = False, epoch_source: Callable[[], int] | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.sizes, self.batch_size, self.shuffle = list(sizes), batch_size, shuffle
         self.seed, self.window, self.drop_last, self.epoch = seed, window, drop_last, 0
+        # Where the epoch is read when iteration starts (the trainer's): a run resumed from a checkpoint
+        # does not get set_epoch() before its first epoch, and would replay epoch 0's order.
+        self.epoch_source = epoch_source
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -162,7 +165,11 @@ class SizeBucketSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._batches())
+        # A generator: the epoch is read when the first batch is asked for, not when the loader's
+        # iterator is made (Lightning makes it before a resumed run's epoch counter is restored).
+        if self.epoch_source is not None:
+            self.epoch = self.epoch_source()
+        yield from self._batches()
 
     def __len__(self) -> int:
         return len(self._batches())
@@ -206,11 +213,13 @@ class ShardDataModule(pl.LightningDataModule):
         if split not in self.splits:
             raise ValueError(f"{self.data_dir}: no samples in split {split!r} (have {sorted(self.splits)})")
         samples = self.splits[split]
+        trainer = self.trainer
         sampler = SizeBucketSampler([s.hierarchy.num_leaves for s in samples], self.batch_size, shuffle=train,
-                                    seed=self.seed)
-        if train and self.trainer is not None:
-            sampler.set_epoch(self.trainer.current_epoch)
-        return DataLoader(samples, batch_sampler=sampler, num_workers=self.num_workers,
+                                    seed=self.seed, epoch_source=(lambda: trainer.current_epoch) if trainer else None)
+        # Its own generator: creating a loader iterator draws a seed, and from the global stream that draw
+        # would shift dropout between an interrupted-and-resumed run and an uninterrupted one.
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(samples, batch_sampler=sampler, num_workers=self.num_workers, generator=generator,
                           collate_fn=retrieval_collate if self.task == "retrieval" else collate)
 
     def train_dataloader(self) -> DataLoader:

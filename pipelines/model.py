@@ -9,8 +9,10 @@ add their heads and losses.
 from __future__ import annotations
 
 import math
+import random
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch import nn
 
@@ -41,15 +43,30 @@ class FusionModule(pl.LightningModule):
         pos_dim: channels of HSA's sibling position vectors per head (0: none).
         backend: HSA backend ("auto": Triton on CUDA, torch elsewhere).
         lr, weight_decay, warmup_steps: AdamW with linear warm-up, then cosine decay to 0 over the run.
+        init_from: a checkpoint of any task module whose encoder starts this one (fine-tuning, e.g. QA
+            from the retrieval model: the contrastive task grounds words in the video first).
     """
 
     def __init__(self, mixer: str = "hsa", dim: int = 128, depth: int = 2, heads: int = 4, dropout: float = 0.1,
                  pos_dim: int = 8, backend: str = "auto", lr: float = 1e-3, weight_decay: float = 0.05,
-                 warmup_steps: int = 50):
+                 warmup_steps: int = 50, init_from: str | None = None):
         super().__init__()
         self.encoder = HierarchicalEncoder(MODALITY_DIMS, dim=dim, depth=depth, heads=heads, dropout=dropout,
                                            pos_dim=pos_dim, keys=KEYS, backend=backend, mixer=mixer)
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
+        if init_from:
+            self.load_encoder(init_from)
+
+    def load_encoder(self, checkpoint: str) -> None:
+        """Copy the encoder weights of another run's checkpoint (shapes must match)."""
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+        if not encoder:
+            raise ValueError(f"{checkpoint}: holds no encoder weights")
+        try:
+            self.encoder.load_state_dict(encoder)
+        except RuntimeError as err:
+            raise ValueError(f"{checkpoint}: its encoder does not fit this model ({err})") from None
 
     def encode(self, trees: Trees) -> torch.Tensor:
         """Contextual leaf features [N, dim]."""
@@ -62,6 +79,25 @@ class FusionModule(pl.LightningModule):
             raise FloatingPointError(f"non-finite loss {loss.item()} at global step {self.global_step}, epoch "
                                      f"{self.current_epoch}, batch {batch_idx} (samples {shown}); stopping before "
                                      "the update")
+
+    # Resuming must continue the random streams (dropout) where the interrupted run was.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        kind, keys, position, has_gauss, gauss = np.random.get_state()
+        checkpoint["rng_states"] = {  # plain types and tensors: checkpoints load with weights_only=True
+            "torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss)],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states")
+        if states:
+            torch.set_rng_state(states["torch"])
+            kind, keys, position, has_gauss, gauss = states["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+            random.setstate(states["python"])
+            if states["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
 
     def configure_optimizers(self):
         decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "embedding" not in n]

@@ -1,14 +1,18 @@
 """Multiple-choice video QA on the joint hierarchy (video, optional transcript, question, candidates).
 
-One tree holds everything; after the encoder each candidate is scored from its own leaf-mean, the
-question's and the video's (a candidate has met the video and the question through attention at the
-sample's root). Cross-entropy over the candidates; accuracy overall and per question type.
+One tree holds everything. After the encoder, each candidate reads the video: a query made of the
+question's and the candidate's leaf-means attends over the video's clips (their leaf-means), and the
+candidate is scored from its own, the question's, the video's and that read-out. HSA inside the encoder
+has already mixed every level (patches in a frame, frames in a clip, clips in the video, the video with
+the question and candidates); the read-out lets a candidate pick the clip it is about. Cross-entropy
+over the candidates; accuracy overall and per question type.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .data import Batch
 from .metrics import qa_accuracy
@@ -30,14 +34,17 @@ class QAModule(FusionModule):
         super().__init__(**fusion)
         self.save_hyperparameters()
         dim = self.encoder.dim
-        self.scorer = mlp(3 * dim, head_hidden, 1)
+        self.query = nn.Linear(2 * dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.scorer = mlp(4 * dim, head_hidden, 1)
         self._outputs: list[tuple[torch.Tensor, torch.Tensor, list[str]]] = []
 
     @staticmethod
     def slots(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Node ids per sample: video [B], question [B], candidates [B, K] (-1 where a sample has fewer)."""
+        """Node ids per sample: video [B], question [B], candidates [B, K] and clips [B, C] (-1 pads)."""
         h = batch.hierarchy
-        videos, questions, candidates = [], [], []
+        videos, questions, candidates, clips = [], [], [], []
         for b, root in enumerate(h.tree_node_ptr[:-1].tolist()):
             keys = h.keyed_children(root)
             answers = [keys[k] for k in sorted((k for k in keys if k.startswith("answer_")), key=lambda k: int(k[7:]))]
@@ -47,24 +54,27 @@ class QAModule(FusionModule):
             videos.append(keys["video"])
             questions.append(keys["question"])
             candidates.append(answers)
-        width = max(len(c) for c in candidates)
-        table = torch.full((len(candidates), width), -1, dtype=torch.long)
-        for b, c in enumerate(candidates):
-            table[b, : len(c)] = torch.tensor(c)
+            clips.append(h.children(keys["video"]))
         device = h.device
-        return torch.tensor(videos, device=device), torch.tensor(questions, device=device), table.to(device)
+        return (torch.tensor(videos, device=device), torch.tensor(questions, device=device),
+                _padded(candidates).to(device), _padded(clips).to(device))
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Candidate scores [B, K]; -inf where a sample has fewer than K candidates."""
         x = self.encode(batch)
-        videos, questions, candidates = self.slots(batch)
-        valid = candidates >= 0
-        v = pool_nodes(x, batch.hierarchy, videos)
-        q = pool_nodes(x, batch.hierarchy, questions)
-        a = pool_nodes(x, batch.hierarchy, candidates.clamp(min=0).flatten()).view(*candidates.shape, -1)
+        h = batch.hierarchy
+        videos, questions, candidates, clips = self.slots(batch)
+        v = pool_nodes(x, h, videos)  # [B, D]
+        q = pool_nodes(x, h, questions)
+        a = pool_nodes(x, h, candidates.clamp(min=0).flatten()).view(*candidates.shape, -1)  # [B, K, D]
+        c = pool_nodes(x, h, clips.clamp(min=0).flatten()).view(*clips.shape, -1)  # [B, C, D]
         k = candidates.shape[1]
-        scores = self.scorer(torch.cat([a, q[:, None].expand(-1, k, -1), v[:, None].expand(-1, k, -1)], -1))[..., 0]
-        return scores.masked_fill(~valid, float("-inf"))
+        q_k = q[:, None].expand(-1, k, -1)
+        logits = self.query(torch.cat([q_k, a], -1)) @ self.key(c).transpose(1, 2) / c.shape[-1] ** 0.5  # [B, K, C]
+        weights = logits.masked_fill(clips[:, None, :] < 0, float("-inf")).softmax(-1)
+        read = weights @ self.value(c)  # [B, K, D]
+        scores = self.scorer(torch.cat([a, q_k, v[:, None].expand(-1, k, -1), read], -1))[..., 0]
+        return scores.masked_fill(candidates < 0, float("-inf"))
 
     @staticmethod
     def answers(batch: Batch) -> torch.Tensor:
@@ -108,3 +118,11 @@ class QAModule(FusionModule):
 
     def on_test_epoch_end(self) -> None:
         self._evaluate("test")
+
+
+def _padded(rows: list[list[int]]) -> torch.Tensor:
+    """Ragged lists of node ids -> [len(rows), longest] with -1 padding."""
+    table = torch.full((len(rows), max(len(r) for r in rows)), -1, dtype=torch.long)
+    for b, r in enumerate(rows):
+        table[b, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return table

@@ -1,0 +1,231 @@
+"""The task modules and the Lightning CLI on tiny prepared datasets (random features, real shard files)."""
+
+import json
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import yaml
+
+from data_prep.assemble import ClipLeaves, TextLeaves, assemble
+from data_prep.shards import ShardWriter
+from pipelines.cli import main
+from pipelines.data import ShardDataModule, collate, retrieval_collate
+from pipelines.model import MODALITY_DIMS
+from pipelines.qa import QAModule
+from pipelines.retrieval import RetrievalModule
+
+V, T = MODALITY_DIMS["video"], MODALITY_DIMS["text"]
+SPLITS = ["train"] * 6 + ["val", "test"]
+
+
+def text(g, *lengths):
+    return TextLeaves([[torch.randn(n, T, generator=g).half() for n in lengths]])
+
+
+def video(g, clips: int, signal: torch.Tensor | None = None):
+    out = []
+    for c in range(clips):
+        patches = torch.randn(2, 2, 2, V, generator=g)
+        if signal is not None:
+            patches[..., : len(signal)] += signal
+        out.append(ClipLeaves(float(c), c + 1.0, [c + 0.0, c + 0.5], patches.half()))
+    return out
+
+
+def qa_sample(i: int, candidates: int = 5):
+    """The answer is readable from the video: its features carry the answer's index as a one-hot."""
+    g = torch.Generator().manual_seed(i)
+    answer = i % candidates
+    signal = torch.zeros(candidates)
+    signal[answer] = 4.0
+    texts = {"question": text(g, 4)} | {f"answer_{k}": text(g, 1 + k % 3) for k in range(candidates)}
+    return assemble(f"q{i}", video=video(g, 1 + i % 3, signal), texts=texts,
+                    meta={"split": SPLITS[i % 8], "answer": answer, "type": ["direction", "next"][i % 2]})
+
+
+def caption_sample(i: int):
+    g = torch.Generator().manual_seed(100 + i)
+    captions = TextLeaves([[torch.randn(3 + i % 2, T, generator=g).half()], [torch.randn(2, T, generator=g).half(),
+                                                                              torch.randn(4, T, generator=g).half()]])
+    return assemble(f"v{i}", video=video(g, 1 + i % 2), texts={"captions": captions},
+                    meta={"split": SPLITS[i % 8]})
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prepared")
+    with ShardWriter(root / "qa", {"tiny": "qa"}, shard_size=16) as writer:
+        for i in range(40):
+            writer.add(qa_sample(i))
+    with ShardWriter(root / "retrieval", {"tiny": "retrieval"}, shard_size=16) as writer:
+        for i in range(24):
+            writer.add(caption_sample(i))
+    return root
+
+
+def test_retrieval_collate_splits_videos_and_captions():
+    samples = [caption_sample(i) for i in range(3)]
+    batch = retrieval_collate(samples)
+    assert batch.ids == ["v0", "v1", "v2"]
+    assert batch.videos.num_trees == 3 and batch.texts.num_trees == 6
+    assert batch.text_video.tolist() == [0, 0, 1, 1, 2, 2]
+    assert batch.videos.features["video"].shape[0] == sum(s.features["video"].shape[0] for s in samples)
+    assert batch.texts.features["text"].shape[0] == sum(s.features["text"].shape[0] for s in samples)
+    assert torch.equal(batch.texts.features["text"][:3], samples[0].features["text"][:3])  # caption 0 of v0
+    assert batch.texts.hierarchy.kinds_of(batch.texts.hierarchy.tree_node_ptr[:-1]) == ["section"] * 6
+    with pytest.raises(ValueError, match="retrieval needs 'video' and 'captions'"):
+        retrieval_collate([qa_sample(0)])
+
+
+def test_qa_scores_mask_missing_candidates():
+    torch.manual_seed(0)
+    model = QAModule(dim=32, depth=1, heads=2)
+    batch = collate([qa_sample(0), qa_sample(1, candidates=3)])
+    scores = model(batch)
+    assert scores.shape == (2, 5)
+    assert torch.isfinite(scores[0]).all() and torch.isinf(scores[1, 3:]).all() and torch.isfinite(scores[1, :3]).all()
+
+
+@pytest.mark.parametrize("mixer", ["hsa", "flat", "mean"])
+def test_qa_learns_a_readable_answer(mixer):
+    """Overfitting one batch: the answer's index is written into the video features."""
+    torch.manual_seed(0)
+    model = QAModule(mixer=mixer, dim=32, depth=2, heads=2, dropout=0.0)
+    batch = collate([qa_sample(i) for i in range(10)])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        loss = torch.nn.functional.cross_entropy(model(batch), model.answers(batch))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]
+
+
+def test_retrieval_loss_falls_and_metrics_run(shards):
+    torch.manual_seed(0)
+    model = RetrievalModule(dim=32, depth=1, heads=2, embed_dim=16, dropout=0.0)
+    batch = retrieval_collate([caption_sample(i) for i in range(8)])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for step in range(40):
+        loss = model.training_step(batch, step)
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.3 * first
+    model._collect(batch)
+    metrics = model._evaluate("val")
+    assert metrics["val/t2v_R@1"] == 1.0 and metrics["val/v2t_R@1"] == 1.0  # the training batch, memorised
+
+
+def test_non_finite_loss_stops_naming_the_step_and_samples():
+    model = QAModule(dim=32, depth=1, heads=2)
+    batch = collate([qa_sample(0), qa_sample(1)])
+    batch.features["video"][0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"non-finite loss nan at global step 0, epoch 0, batch 3 "
+                                                 r"\(samples q0, q1\)"):
+        model.training_step(batch, 3)
+
+
+class Interrupt(pl.Callback):
+    """Stands in for a kill: interrupts the run as epoch ``epoch`` starts (after the previous one's checkpoint)."""
+
+    def __init__(self, epoch: int = 1):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def recipe(tmp_path, shards, task: str, interrupt: bool = False) -> str:
+    config = {
+        "seed_everything": 0,
+        "model": {"class_path": "pipelines.qa.QAModule" if task == "qa" else "pipelines.retrieval.RetrievalModule",
+                  "init_args": {"dim": 32, "depth": 1, "heads": 2, "warmup_steps": 2}},
+        "data": {"data_dir": str(shards / task), "task": task, "batch_size": 4},
+        "trainer": {"max_epochs": 2, "accelerator": "cpu", "default_root_dir": str(tmp_path / "run"),
+                    "enable_progress_bar": False, "use_distributed_sampler": False, "num_sanity_val_steps": 0,
+                    "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                "init_args": {"save_dir": str(tmp_path / "run"), "name": "csv"}},
+                               {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                                "init_args": {"save_dir": str(tmp_path / "run"), "name": "tb"}}],
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"monitor": "val/acc" if task == "qa" else "val/t2v_R@1",
+                                                 "mode": "max", "filename": "best-{epoch}"}},
+                                  {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"filename": "latest-{epoch}-{step}", "every_n_epochs": 1,
+                                                 "save_top_k": -1, "save_on_train_epoch_end": True}}]
+                    + ([{"class_path": "tests.pipelines.test_tasks.Interrupt"}] if interrupt else [])},
+    }
+    path = tmp_path / f"{task}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+@pytest.mark.parametrize("task", ["qa", "retrieval"])
+def test_cli_fit_test_and_logs(tmp_path, shards, task):
+    config = recipe(tmp_path, shards, task)
+    assert main(["fit", "-c", config, "--model.init_args.mixer", "flat", "--trainer.max_epochs=1"]) == 0
+    checkpoints = tmp_path / "run" / "csv" / "version_0" / "checkpoints"
+    assert len(list(checkpoints.glob("best-epoch=0*.ckpt"))) == 1
+    last = next(checkpoints.glob("latest-*.ckpt"))
+    assert (tmp_path / "run" / "csv" / "version_0" / "metrics.csv").read_text().count("\n") > 1
+    assert list((tmp_path / "run" / "tb").rglob("events.out.tfevents.*"))
+    assert main(["test", "-c", config, "--ckpt_path", str(last)]) == 0
+
+
+def test_cli_print_config(tmp_path, shards, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "-c", recipe(tmp_path, shards, "qa"), "--model.init_args.depth=3", "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["init_args"]["depth"] == 3 and printed["data"]["task"] == "qa"
+
+
+def latest(run_dir, epoch: int | None = None):
+    """The newest end-of-epoch checkpoint of a run (or that of ``epoch``)."""
+    found = sorted(run_dir.rglob("latest-*.ckpt"), key=lambda p: int(p.stem.split("step=")[1]))
+    return found[-1] if epoch is None else next(p for p in found if f"epoch={epoch}-" in p.name)
+
+
+def final_weights(run_dir):
+    ckpt = torch.load(latest(run_dir), weights_only=False)
+    return ckpt["state_dict"], ckpt["global_step"]
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, shards):
+    """2 epochs straight == the same run interrupted after epoch 1, then resumed from its latest checkpoint."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    straight.mkdir(), split.mkdir()
+    assert main(["fit", "-c", recipe(straight, shards, "qa")]) == 0
+    with pytest.raises(SystemExit):  # Lightning exits with status 1 after an interrupt
+        main(["fit", "-c", recipe(split, shards, "qa", interrupt=True)])
+    assert final_weights(split / "run")[1] == 8  # stopped after one epoch of 8 steps
+    first = latest(split / "run")
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    assert main(["fit", "-c", recipe(resumed, shards, "qa"), "--ckpt_path", str(first)]) == 0
+    a, steps_a = final_weights(straight / "run")
+    b, steps_b = final_weights(resumed / "run")
+    assert steps_a == steps_b
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_missing_or_corrupt_shard_is_named(tmp_path, shards):
+    import shutil
+
+    copy = tmp_path / "qa"
+    shutil.copytree(shards / "qa", copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    shard = copy / manifest["shards"][1]["file"]
+    shard.write_bytes(shard.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(ValueError, match=f"{shard.name}: checksum"):
+        ShardDataModule(str(copy)).setup("fit")
+    shard.unlink()
+    with pytest.raises(FileNotFoundError, match=shard.name):
+        ShardDataModule(str(copy)).setup("fit")
