@@ -27,11 +27,12 @@ COLUMNS = {"retrieval": ["t2v_R@1", "t2v_R@5", "t2v_R@10", "v2t_R@1", "v2t_R@5",
 def run(task: str, mixer: str, root: Path, extra: list[str]) -> dict:
     """Fit one recipe with one mixer, test its best checkpoint; metrics and seconds."""
     out = root / f"{task}-{mixer}"
+    loggers = [{"class_path": f"lightning.pytorch.loggers.{kind}", "init_args": {"save_dir": str(out), "name": name}}
+               for kind, name in (("CSVLogger", "csv"), ("TensorBoardLogger", "tensorboard"))]
     args = ["-c", RECIPES[task], "--model.init_args.mixer", mixer, "--trainer.default_root_dir", str(out),
-            "--trainer.logger.0.init_args.save_dir", str(out), "--trainer.logger.1.init_args.save_dir", str(out),
-            "--trainer.enable_progress_bar", "false", *extra]
+            "--trainer.logger", json.dumps(loggers), "--trainer.enable_progress_bar", "false", *extra]
     started = time.perf_counter()
-    cli = lightning_cli(["fit", *args], run=False)
+    cli = lightning_cli(args, run=False)  # run=False: no subcommand; fit and test are called below
     cli.trainer.fit(cli.model, cli.datamodule)
     fit_seconds = time.perf_counter() - started
     tested = cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best", verbose=False)[0]
