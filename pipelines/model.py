@@ -54,6 +54,7 @@ class FusionModule(pl.LightningModule):
         self.encoder = HierarchicalEncoder(MODALITY_DIMS, dim=dim, depth=depth, heads=heads, dropout=dropout,
                                            pos_dim=pos_dim, keys=KEYS, backend=backend, mixer=mixer)
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
+        self._outputs: list = []
         if init_from:
             self.load_encoder(init_from)
 
@@ -79,6 +80,33 @@ class FusionModule(pl.LightningModule):
             raise FloatingPointError(f"non-finite loss {loss.item()} at global step {self.global_step}, epoch "
                                      f"{self.current_epoch}, batch {batch_idx} (samples {shown}); stopping before "
                                      "the update")
+
+    # ------------------------------------------------------------------ evaluation
+    # A task collects its outputs batch by batch (``_collect``) and turns them into metrics over the
+    # whole split at the end (``_evaluate``): retrieval ranks need every embedding at once.
+    def _collect(self, batch) -> None:
+        raise NotImplementedError
+
+    def _evaluate(self, prefix: str) -> dict[str, float]:
+        raise NotImplementedError
+
+    def on_validation_epoch_start(self) -> None:
+        self._outputs = []
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._collect(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluate("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._outputs = []
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._collect(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._evaluate("test")
 
     # Resuming must continue the random streams (dropout) where the interrupted run was.
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -101,24 +101,6 @@ class QAModule(FusionModule):
         self.log_dict(metrics, batch_size=len(answers))
         return metrics
 
-    def on_validation_epoch_start(self) -> None:
-        self._outputs = []
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._collect(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._evaluate("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._outputs = []
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._collect(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._evaluate("test")
-
 
 def _padded(rows: list[list[int]]) -> torch.Tensor:
     """Ragged lists of node ids -> [len(rows), longest] with -1 padding."""

@@ -79,21 +79,3 @@ class RetrievalModule(FusionModule):
         metrics = {f"{prefix}/{k}": v for k, v in metrics.items()}
         self.log_dict(metrics, batch_size=len(videos))
         return metrics
-
-    def on_validation_epoch_start(self) -> None:
-        self._outputs = []
-
-    def validation_step(self, batch: RetrievalBatch, batch_idx: int) -> None:
-        self._collect(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._evaluate("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._outputs = []
-
-    def test_step(self, batch: RetrievalBatch, batch_idx: int) -> None:
-        self._collect(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._evaluate("test")

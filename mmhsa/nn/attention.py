@@ -75,13 +75,27 @@ class HSAAttention(nn.Module):
 
 
 def _flat_attention(q, k, v, hierarchy: Hierarchy) -> torch.Tensor:
-    """Softmax attention among all leaves of each tree (block-diagonal over the forest): [N, H, D]."""
+    """Softmax attention among all leaves of each tree, trees apart: [N, H, D].
+
+    Trees are padded to the longest one and run as one batched call with a key-padding mask, so the
+    cost is T * L_max^2, not (sum of L)^2 as with one block-diagonal mask over the whole forest.
+    """
     import torch.nn.functional as F
 
-    tree = torch.bucketize(torch.arange(q.shape[0], device=q.device), hierarchy.tree_leaf_ptr[1:], right=True)
-    mask = tree[:, None] == tree[None, :]  # [N, N]; trees never attend to each other
-    out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask)
-    return out.transpose(0, 1)
+    ptr = hierarchy.tree_leaf_ptr
+    sizes = ptr[1:] - ptr[:-1]
+    longest = int(sizes.max())
+    tree = torch.repeat_interleave(torch.arange(len(sizes), device=q.device), sizes)
+    slot = torch.arange(q.shape[0], device=q.device) - ptr[tree]
+
+    def padded(x):  # [N, H, D] -> [T, H, L, D]
+        out = x.new_zeros(len(sizes), longest, *x.shape[1:])
+        out[tree, slot] = x
+        return out.transpose(1, 2)
+
+    keep = torch.arange(longest, device=q.device)[None, :] < sizes[:, None]  # [T, L]
+    out = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), attn_mask=keep[:, None, None, :])
+    return out.transpose(1, 2)[tree, slot]
 
 
 def _tree_mean(v, hierarchy: Hierarchy) -> torch.Tensor:
