@@ -132,7 +132,8 @@ class SizeBucketSampler(Sampler[list[int]]):
     ``batch_size * window`` by size, cut into batches, shuffle the batches."""
 
     def __init__(self, sizes: Sequence[int], batch_size: int, shuffle: bool = True, seed: int = 0,
-                 window: int = 50, drop_last: bool = False, epoch_source: Callable[[], int] | None = None):
+                 window: int = 50, drop_last: bool = False, epoch_source: Callable[[], int] | None = None,
+                 rank: int = 0, world_size: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.sizes, self.batch_size, self.shuffle = list(sizes), batch_size, shuffle
@@ -140,6 +141,12 @@ class SizeBucketSampler(Sampler[list[int]]):
         # Where the epoch is read when iteration starts (the trainer's): a run resumed from a checkpoint
         # does not get set_epoch() before its first epoch, and would replay epoch 0's order.
         self.epoch_source = epoch_source
+        # Distributed: every rank computes the same batches (same seed and epoch) and takes every
+        # world_size-th. Training pads the list so that all ranks take as many steps (DDP syncs each
+        # one); evaluation does not, so that no sample is counted twice.
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -164,15 +171,23 @@ class SizeBucketSampler(Sampler[list[int]]):
         rng.shuffle(batches)
         return batches
 
+    def _rank_batches(self) -> list[list[int]]:
+        batches = self._batches()
+        if self.world_size == 1:
+            return batches
+        if self.shuffle and batches:
+            batches = batches + batches[: (-len(batches)) % self.world_size]
+        return batches[self.rank::self.world_size]
+
     def __iter__(self) -> Iterator[list[int]]:
         # A generator: the epoch is read when the first batch is asked for, not when the loader's
         # iterator is made (Lightning makes it before a resumed run's epoch counter is restored).
         if self.epoch_source is not None:
             self.epoch = self.epoch_source()
-        yield from self._batches()
+        yield from self._rank_batches()
 
     def __len__(self) -> int:
-        return len(self._batches())
+        return len(self._rank_batches())
 
 
 class ShardDataModule(pl.LightningDataModule):
@@ -215,7 +230,9 @@ class ShardDataModule(pl.LightningDataModule):
         samples = self.splits[split]
         trainer = self.trainer
         sampler = SizeBucketSampler([s.hierarchy.num_leaves for s in samples], self.batch_size, shuffle=train,
-                                    seed=self.seed, epoch_source=(lambda: trainer.current_epoch) if trainer else None)
+                                    seed=self.seed, epoch_source=(lambda: trainer.current_epoch) if trainer else None,
+                                    rank=trainer.global_rank if trainer else 0,
+                                    world_size=trainer.world_size if trainer else 1)
         # Its own generator: creating a loader iterator draws a seed, and from the global stream that draw
         # would shift dropout between an interrupted-and-resumed run and an uninterrupted one.
         generator = torch.Generator().manual_seed(self.seed)

@@ -90,6 +90,18 @@ class FusionModule(pl.LightningModule):
     def _evaluate(self, prefix: str) -> dict[str, float]:
         raise NotImplementedError
 
+    def gathered_outputs(self) -> list:
+        """This rank's collected outputs, or, under DDP, every rank's (in rank order, on this device)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self._outputs
+        mine = [tuple(x.cpu() if isinstance(x, torch.Tensor) else x for x in row) for row in self._outputs]
+        everyone: list = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, mine)
+        return [tuple(x.to(self.device) if isinstance(x, torch.Tensor) else x for x in row)
+                for rows in everyone for row in rows]
+
     def on_validation_epoch_start(self) -> None:
         self._outputs = []
 

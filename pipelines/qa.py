@@ -92,11 +92,11 @@ class QAModule(FusionModule):
         self._outputs.append((scores, self.answers(batch), [m.get("type", "") for m in batch.meta]))
 
     def _evaluate(self, prefix: str) -> dict[str, float]:
-        width = max(s.shape[1] for s, _, _ in self._outputs)
-        scores = torch.cat([F.pad(s, (0, width - s.shape[1]), value=float("-inf")) for s, _, _ in self._outputs])
-        answers = torch.cat([a for _, a, _ in self._outputs])
-        types = [t for _, _, ts in self._outputs for t in ts]
-        self._outputs = []
+        outputs, self._outputs = self.gathered_outputs(), []
+        width = max(s.shape[1] for s, _, _ in outputs)
+        scores = torch.cat([F.pad(s, (0, width - s.shape[1]), value=float("-inf")) for s, _, _ in outputs])
+        answers = torch.cat([a for _, a, _ in outputs])
+        types = [t for _, _, ts in outputs for t in ts]
         metrics = {f"{prefix}/{k}": v for k, v in qa_accuracy(scores.float().cpu(), answers.cpu(), types).items()}
         self.log_dict(metrics, batch_size=len(answers))
         return metrics

@@ -65,12 +65,12 @@ class RetrievalModule(FusionModule):
 
     def _evaluate(self, prefix: str) -> dict[str, float]:
         videos, texts, owners, offset = [], [], [], 0
-        for v, t, owner in self._outputs:
+        outputs, self._outputs = self.gathered_outputs(), []
+        for v, t, owner in outputs:
             videos.append(v)
             texts.append(t)
             owners.append(owner + offset)
             offset += len(v)
-        self._outputs = []
         videos, texts, owner = torch.cat(videos).float(), torch.cat(texts).float(), torch.cat(owners)
         gallery = torch.arange(len(videos), device=owner.device)
         t2v = retrieval_ranks(texts, videos, lambda q: owner[q][:, None] == gallery[None, :])
