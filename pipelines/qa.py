@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmhsa.nn import pool_nodes
+
 from .data import Batch
 from .metrics import qa_accuracy
 from .model import FusionModule, mlp
-from mmhsa.nn import pool_nodes
 
 __all__ = ["QAModule"]
 
