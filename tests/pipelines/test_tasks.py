@@ -1,6 +1,7 @@
 """The task modules and the Lightning CLI on tiny prepared datasets (random features, real shard files)."""
 
 import json
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -259,3 +260,15 @@ def test_ddp_two_gloo_processes(tmp_path, shards):
     score = float(checkpoint["callbacks"][next(k for k in checkpoint["callbacks"] if "val/acc" in k)]["best_model_score"])
     # 5 validation questions in batches of 4 (4 on one rank, 1 on the other): gathered, the accuracy is k / 5
     assert abs(score * 5 - round(score * 5)) < 1e-6
+
+
+RECIPES = sorted(str(p) for p in (Path(__file__).parents[2] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe_path", RECIPES, ids=[Path(p).stem for p in RECIPES])
+def test_every_training_recipe_parses(recipe_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "-c", recipe_path, "--print_config"])
+    assert done.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].startswith("pipelines.") and printed["data"]["data_dir"]
