@@ -28,9 +28,10 @@ import importlib.metadata as metadata
 import json
 import sys
 import time
-from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -168,17 +169,13 @@ class _Stages:
         self.seconds = dict.fromkeys(self.NAMES, 0.0)
         self.counts = dict.fromkeys(self.NAMES, 0)
 
-    def timed(self, stage: str):
-        stages = self
-
-        class _Timer:
-            def __enter__(self):
-                self.start = time.perf_counter()
-
-            def __exit__(self, *exc):
-                stages.seconds[stage] += time.perf_counter() - self.start
-
-        return _Timer()
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - start
 
     def table(self) -> list[dict]:
         return [{"stage": s, "seconds": round(self.seconds[s], 2), "count": self.counts[s], "unit": self.UNITS[s],

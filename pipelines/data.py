@@ -151,11 +151,6 @@ class SizeBucketSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    @property
-    def sampler(self) -> "SizeBucketSampler":
-        """Lightning calls ``set_epoch`` on ``loader.batch_sampler.sampler``: that is this object."""
-        return self
-
     def _batches(self) -> list[list[int]]:
         order = list(range(len(self.sizes)))
         if not self.shuffle:
