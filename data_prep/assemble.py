@@ -37,12 +37,14 @@ class ClipLeaves:
         start, end: clip time span in seconds.
         frame_times: [F] timestamps (s) of the sampled frames.
         patches: [F, gh, gw, C] fp16 patch features.
+        frame_indices: the sampled frames' indices in the video, when known (to show them again).
     """
 
     start: float
     end: float
     frame_times: list[float]
     patches: torch.Tensor
+    frame_indices: list[int] | None = None
 
 
 @dataclass

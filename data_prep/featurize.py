@@ -178,7 +178,7 @@ class VideoFeaturizer:
         row = {frame: r for r, frame in enumerate(wanted)}
         times = video.timestamps
         leaves = [ClipLeaves(c.start_time, c.end_time, [float(times[i]) for i in frames],
-                             patches[[row[i] for i in frames]]) for c, frames in zip(kept, chosen)]
+                             patches[[row[i] for i in frames]], list(frames)) for c, frames in zip(kept, chosen)]
         return leaves, len(clips) - len(kept)
 
 

@@ -5,12 +5,16 @@ is ``python -m data_prep.prepare ...`` (videos and annotations into hierarchy sh
 ``mmhsa fit|validate|test -c configs/<recipe>.yaml [--trainer.max_epochs=3 --model.init_args.depth=4 ...]``
 is the Lightning CLI over the task modules (:mod:`pipelines.retrieval`, :mod:`pipelines.qa`) and
 :class:`~pipelines.data.ShardDataModule` (``--print_config``, ``--ckpt_path`` to resume).
+``mmhsa index|search|ask|explain`` run trained models on videos (:mod:`pipelines.index`,
+:mod:`pipelines.search`, :mod:`pipelines.ask`, :mod:`pipelines.explain`). Exit status 2 on a usage or
+input error (the message names it), 1 when some items failed (reported), 0 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata as metadata
+import json
 import sys
 
 PACKAGES = ("torch", "torchvision", "triton", "lightning", "timm", "open_clip_torch", "decord", "av",
@@ -36,6 +40,7 @@ def info() -> dict:
 
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+INFERENCE_COMMANDS = ("index", "search", "ask", "explain")
 
 
 def lightning_cli(argv: list[str], run: bool = True):
@@ -48,6 +53,115 @@ def lightning_cli(argv: list[str], run: bool = True):
     return LightningCLI(FusionModule, ShardDataModule, subclass_mode_model=True, args=argv, run=run,
                         seed_everything_default=0, save_config_kwargs={"overwrite": True},
                         parser_kwargs={"prog": "mmhsa"})
+
+
+def _add_model_args(parser: argparse.ArgumentParser, task: str) -> None:
+    parser.add_argument("--ckpt", default=None, help=f"a trained {task} checkpoint (default: runs/default/{task}.ckpt "
+                        "from `make train`)")
+    parser.add_argument("--prepared", default=None, help="for checkpoints that do not record their featurization: the "
+                        "prepared directory or data recipe they were trained on")
+
+
+def _inference_parsers(sub) -> None:
+    p = sub.add_parser("index", help="embed a corpus of videos into a resumable index (Lightning predict)")
+    p.add_argument("--videos", nargs="+", required=True, help="folders (recursive), .txt lists of paths, or videos")
+    p.add_argument("--out", required=True, help="the index directory (created or resumed)")
+    p.add_argument("--batch-size", type=int, default=8, help="videos per predict step")
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--devices", default="auto", help="e.g. 2 (with --strategy ddp) or auto")
+    p.add_argument("--strategy", default="auto")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_model_args(p, "retrieval")
+    p = sub.add_parser("search", help="text-to-video search over an index")
+    p.add_argument("index")
+    p.add_argument("query")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--level", choices=("video", "clip"), default="video", help="rank whole videos or clips")
+    p.add_argument("--json", action="store_true")
+    _add_model_args(p, "retrieval")
+    p = sub.add_parser("ask", help="multiple-choice questions about a video (or a NExT-QA CSV of them)")
+    p.add_argument("video", nargs="?", help="the video (not with --csv)")
+    p.add_argument("question", nargs="?")
+    p.add_argument("--choices", nargs="+", help="2 to 10 candidate answers")
+    p.add_argument("--csv", help="a NExT-QA CSV (video, qid, type, question, answer, a0..a4) to answer")
+    p.add_argument("--videos", help="with --csv: the folder holding <video>.mp4")
+    p.add_argument("--out", help="with --csv: write the predictions here (CSV)")
+    p.add_argument("--json", action="store_true")
+    _add_model_args(p, "qa")
+    p = sub.add_parser("explain", help="plot where a text's attention goes over a video's clips, frames and patches")
+    p.add_argument("video")
+    p.add_argument("text")
+    p.add_argument("--out", default="attention.png", help="the picture (PNG; the numbers go next to it as JSON)")
+    _add_model_args(p, "qa")
+
+
+def _run_inference(args) -> int:
+    if args.command == "index":
+        from pipelines.index import build_index
+
+        devices = int(args.devices) if args.devices.isdigit() else args.devices
+        report = build_index(args.videos, args.out, checkpoint=args.ckpt, prepared=args.prepared,
+                             batch_size=args.batch_size, accelerator=args.accelerator, devices=devices,
+                             strategy=args.strategy)
+        if "seconds" not in report:  # a DDP rank other than 0: rank 0 reports
+            return 0
+        if args.json:
+            print(json.dumps(report, indent=1))
+        else:
+            _print_index_report(report)
+        return 1 if report["failed"] else 0
+    if args.command == "search":
+        from pipelines.search import Searcher
+
+        result = Searcher(args.index, args.ckpt, args.prepared).search(args.query, args.top_k, args.level)
+        if args.json:
+            print(json.dumps(result, indent=1, ensure_ascii=False))
+            return 0
+        if result["dropped"]:
+            print(f"note: the query is longer than the model's limits; dropped {result['dropped']}", file=sys.stderr)
+        for hit in result["hits"]:
+            print(f"{hit['rank']:3d}  {hit['score']:.3f}  {hit['video']}  clip {hit['clip']} "
+                  f"[{hit['start']:.1f}-{hit['end']:.1f} s] (clip {hit['clip_score']:.3f}, video {hit['video_score']:.3f})")
+        if not result["hits"]:
+            print("the index holds no videos yet")
+        return 0
+    if args.command == "ask":
+        from pipelines.ask import Asker, answer_csv, print_answer
+
+        asker = Asker(args.ckpt, args.prepared)
+        if args.csv:
+            if not args.videos:
+                raise ValueError("--csv needs --videos (the folder of the CSV's videos)")
+            report = answer_csv(asker, args.csv, args.videos, args.out)
+            print(json.dumps(report, indent=1))
+            return 1 if report["failed"] else 0
+        if not args.video or not args.question or not args.choices:
+            raise ValueError("give VIDEO \"question\" --choices \"a\" \"b\" ... (or --csv FILE --videos DIR)")
+        result = asker.ask(args.video, args.question, args.choices)
+        print(json.dumps(result, indent=1, ensure_ascii=False)) if args.json else print_answer(result)
+        return 0
+    from pipelines.explain import explain
+
+    result = explain(args.video, args.text, args.out, checkpoint=args.ckpt, prepared=args.prepared)
+    best = max(range(len(result["clips"])), key=result["clips"].__getitem__)
+    start, end = result["times"][best]
+    print(f"{args.out}: most attention on clip {best} [{start:.1f}-{end:.1f} s] ({result['clips'][best]:.2f} of it)")
+    return 0
+
+
+def _print_index_report(report: dict) -> None:
+    written = report.get("written", {})
+    print(f"{report['index']}: {report['indexed_total']} videos ({report['clips_total']} clips) indexed with "
+          f"{report['model']}; this run: {written.get('videos', 0)} new, {report['already_indexed']} already there, "
+          f"{len(report['failed'])} failed, {report['seconds']} s ({report['videos_per_minute']} videos/min)")
+    for row in report["stages"]:
+        if row["count"]:
+            print(f"  {row['stage']:8s} {row['seconds']:8.1f} s {row['count']:9d} {row['unit']:9s} "
+                  f"{row['per_second']} /s")
+    for problem in report["corrupt_set_aside"]:
+        print(f"  set aside (will be redone): {problem}")
+    if report["failed"]:
+        print(f"  failures: see {report['index']}/failures.jsonl")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("prepare", help="videos + annotations -> hierarchy shards (see `mmhsa prepare --help`)")
     for command in LIGHTNING_COMMANDS:
         sub.add_parser(command, help=f"Lightning CLI: {command} a recipe (see `mmhsa {command} --help`)")
+    _inference_parsers(sub)
     args = parser.parse_args(argv)
+    if args.command in INFERENCE_COMMANDS:
+        try:
+            return _run_inference(args)
+        except (FileNotFoundError, ValueError) as error:
+            print(f"mmhsa {args.command}: error: {error}", file=sys.stderr)
+            return 2
     if args.command == "info":
         report = info()
         print(f"mmhsa {report['mmhsa']} (python {report['python']})")

@@ -8,6 +8,7 @@ families in the kernels, steadier memory) with a seeded, epoch-dependent shuffle
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -233,6 +234,19 @@ class ShardDataModule(pl.LightningDataModule):
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(samples, batch_sampler=sampler, num_workers=self.num_workers, generator=generator,
                           collate_fn=retrieval_collate if self.task == "retrieval" else collate)
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: how the data was prepared, so a trained model can featurize new
+        videos and texts exactly the same way (:mod:`pipelines.inference`)."""
+        manifest = self.data_dir / "manifest.json"
+        if not manifest.is_file():
+            return {}
+        content = json.loads(manifest.read_text(encoding="utf-8"))
+        config = {k: v for k, v in content.get("config", {}).items() if k != "task"}
+        return {"prepared": {"config": config, "encoders": content.get("encoders", {}), "data_dir": str(self.data_dir)}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore: the samples come from ``data_dir`` again."""
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -42,8 +42,12 @@ class RetrievalModule(FusionModule):
 
     def embed(self, trees: Trees, side: str) -> torch.Tensor:
         """[T, embed_dim] unit vectors, one per tree; ``side``: "video" or "text"."""
+        return self.project(pool_roots(self.encode(trees), trees.hierarchy), side)
+
+    def project(self, pooled: torch.Tensor, side: str) -> torch.Tensor:
+        """Leaf-mean encoder features of nodes [K, dim] -> [K, embed_dim] unit vectors in the shared space."""
         head = self.video_head if side == "video" else self.text_head
-        return F.normalize(head(pool_roots(self.encode(trees), trees.hierarchy)), dim=-1)
+        return F.normalize(head(pooled), dim=-1)
 
     def training_step(self, batch: RetrievalBatch, batch_idx: int) -> torch.Tensor:
         videos, texts = self.embed(batch.videos, "video"), self.embed(batch.texts, "text")

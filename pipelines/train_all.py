@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
 from .cli import lightning_cli
+from .inference import DEFAULT_CHECKPOINTS
 
 RECIPES = {"retrieval": "configs/retrieval_synthetic.yaml", "qa": "configs/qa_synthetic.yaml"}
 MIXERS = {"hsa": "HSA", "flat": "FSA (flat)", "mean": "mean pool"}
@@ -82,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nHeld-out test split of the embedded corpus ({total / 60:.1f} min of training and testing):\n")
     print(report)
     root.mkdir(parents=True, exist_ok=True)
+    for r in results:  # the HSA models become the defaults of `mmhsa index|search|ask|explain`
+        if r["mixer"] == "hsa" and r["best_checkpoint"]:
+            target = DEFAULT_CHECKPOINTS[r["task"]]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(r["best_checkpoint"], target.with_suffix(".tmp"))
+            os.replace(target.with_suffix(".tmp"), target)
+            print(f"default {r['task']} model: {target}")
     (root / "results.json").write_text(json.dumps({"results": results, "seconds": round(total, 1)}, indent=1))
     return 0
 

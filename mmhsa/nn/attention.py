@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..attention import hsa
+from ..attention import hsa, hsa_matrix
 from ..hierarchy import Hierarchy
 from .position import PositionEncoder
 
@@ -51,8 +51,8 @@ class HSAAttention(nn.Module):
         self.position = PositionEncoder(heads, pos_dim, keys) if pos_dim else None
         self.include_self, self.backend = include_self, backend
 
-    def forward(self, x: torch.Tensor, hierarchy: Hierarchy, modality: torch.Tensor | None = None) -> torch.Tensor:
-        """x: [N, dim] leaf features in hierarchy order; modality: [N] ids (None: all 0) -> [N, dim]."""
+    def _qkv(self, x: torch.Tensor, modality: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[N, dim] -> normalised q, k and v, each [N, heads, head_dim]."""
         n, dim = x.shape
         if len(self.qkv) == 1 or modality is None:
             qkv = self.qkv[0](x)
@@ -63,7 +63,28 @@ class HSAAttention(nn.Module):
                 if len(rows):
                     qkv = qkv.index_put((rows,), layer(x[rows]))
         q, k, v = qkv.view(n, 3, self.heads, self.head_dim).unbind(1)
-        q, k = self.q_norm(q), self.k_norm(k)
+        return self.q_norm(q), self.k_norm(k), v
+
+    @torch.no_grad()
+    def weights(self, x: torch.Tensor, hierarchy: Hierarchy, modality: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention matrix this layer applies to ``x``: [heads, N, N], row i = leaf i's weights over
+        the leaves (dense: for plots and inspection of small forests, not for training)."""
+        q, k, _ = self._qkv(x, modality)
+        if self.mixer == "hsa":
+            pos = None if self.position is None else self.position(hierarchy)
+            return hsa_matrix(q, k, hierarchy, pos=pos, include_self=self.include_self)
+        tree = torch.repeat_interleave(torch.arange(hierarchy.num_trees, device=x.device),
+                                       hierarchy.tree_leaf_ptr[1:] - hierarchy.tree_leaf_ptr[:-1])
+        same_tree = tree[:, None] == tree[None, :]
+        if self.mixer == "flat":
+            logits = torch.einsum("ihd,jhd->hij", q, k) / self.head_dim ** 0.5
+            return logits.masked_fill(~same_tree, float("-inf")).softmax(-1)
+        return (same_tree / same_tree.sum(1, keepdim=True)).expand(self.heads, -1, -1)
+
+    def forward(self, x: torch.Tensor, hierarchy: Hierarchy, modality: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [N, dim] leaf features in hierarchy order; modality: [N] ids (None: all 0) -> [N, dim]."""
+        n, dim = x.shape
+        q, k, v = self._qkv(x, modality)
         if self.mixer == "hsa":
             pos = None if self.position is None else self.position(hierarchy)
             out = hsa(q, k, v, hierarchy, pos=pos, include_self=self.include_self, backend=self.backend)

@@ -1,0 +1,320 @@
+"""``mmhsa index``: embed a corpus of videos once, through Lightning ``predict``, into a resumable index.
+
+Layout of an index directory::
+
+    index.json                the model (path, version), its featurization, embedding width; written once
+    shards/<name>.pt          per batch of videos: video embeddings [V, E], clip embeddings [C, E],
+                              clip times [C, 2] and each clip's video row
+    shards/<name>.json        the shard's commit record: sha256 and size of the .pt, its videos'
+                              metadata (path, duration, fps, frames, clips), the failures of that batch
+    failures.jsonl            the videos that failed (path, stage, message), rewritten after every run
+
+A shard counts only once its record exists, and the record is written (atomically) after the shard:
+a run killed at any moment (kill -9 included) loses nothing already recorded and duplicates nothing
+(a shard without a record is ignored and its videos are embedded again), and a search running during
+indexing sees complete shards only. Re-running skips every video of a valid shard and retries
+failures; a shard whose checksum fails is reported, set aside (renamed ``*.corrupt``) and its videos
+redone. Each DDP rank embeds its share of the videos (Lightning's unrepeated distributed sampler) and
+writes its own shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader
+
+from data_prep.datasets import VIDEO_EXTENSIONS
+from data_prep.featurize import VIDEO_ERRORS
+
+from .inference import Model, embed_videos, load_model
+
+__all__ = ["Index", "IndexMismatch", "IndexModule", "IndexWriter", "build_index", "list_videos"]
+
+FORMAT = 1
+
+
+class IndexMismatch(ValueError):
+    """An index that cannot be used as asked (another model version, not an index, ...)."""
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def list_videos(sources: Sequence[str | Path]) -> list[Path]:
+    """Video files from folders (searched recursively), list files (``.txt``: one path per line, relative
+    to the list) and single files; resolved, deduplicated, sorted.
+
+    Raises:
+        FileNotFoundError: a source that does not exist (named); ValueError: no video found at all.
+    """
+    found: set[Path] = set()
+    for source in map(Path, sources):
+        if source.is_dir():
+            found.update(p.resolve() for p in source.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+        elif source.is_file() and source.suffix.lower() == ".txt":
+            for line in source.read_text(encoding="utf-8").splitlines():
+                if line.strip() and not line.lstrip().startswith("#"):
+                    found.add((source.parent / line.strip()).resolve())
+        elif source.is_file():
+            found.add(source.resolve())
+        else:
+            raise FileNotFoundError(f"{source}: no such video, folder or list")
+    if not found:
+        raise ValueError(f"no video files found in {', '.join(map(str, sources))} (extensions: "
+                         f"{', '.join(VIDEO_EXTENSIONS)})")
+    return sorted(found)
+
+
+# ------------------------------------------------------------------ reading
+@dataclass
+class Index:
+    """The committed content of an index directory (what a search sees).
+
+    Attributes:
+        videos: metadata per video (path, duration, fps, frames, clips), row order of ``video_vectors``.
+        video_vectors: [V, E] unit vectors.
+        clip_vectors: [C, E] unit vectors; clip_video: [C] row of each clip's video; clip_times: [C, 2] s.
+        failures: the latest failure per video not indexed since.
+        corrupt: shard records whose shard file is missing or fails its checksum.
+        incomplete: shard files without a record (a run was killed while writing them).
+    """
+
+    root: Path
+    manifest: dict
+    videos: list[dict] = field(default_factory=list)
+    video_vectors: torch.Tensor = None
+    clip_vectors: torch.Tensor = None
+    clip_video: torch.Tensor = None
+    clip_times: torch.Tensor = None
+    failures: list[dict] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)
+
+    @property
+    def version(self) -> str:
+        return self.manifest["model"]["version"]
+
+    @property
+    def indexed(self) -> set[str]:
+        return {v["path"] for v in self.videos}
+
+    @classmethod
+    def open(cls, root: str | Path, set_aside: bool = False) -> "Index":
+        """Read every valid shard; ``set_aside`` renames corrupt shards so the next run redoes their videos.
+
+        Raises:
+            FileNotFoundError: ``root`` is not an index (no index.json).
+        """
+        root = Path(root)
+        manifest_path = root / "index.json"
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"{root}: not an index (no index.json); build one with `mmhsa index`")
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if manifest.get("format") != FORMAT:
+            raise IndexMismatch(f"{root}: index format {manifest.get('format')} is not the supported {FORMAT}")
+        index = cls(root, manifest)
+        shards = root / "shards"
+        records = sorted(shards.glob("*.json")) if shards.is_dir() else []
+        recorded = {r.with_suffix(".pt") for r in records}
+        index.incomplete = sorted(str(p) for p in shards.glob("*.pt") if p not in recorded) if shards.is_dir() else []
+        embed_dim = manifest["embed_dim"]
+        vectors, clips, clip_video, clip_times, failed = [], [], [], [], {}
+        for record_path in records:
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+            shard = record_path.with_suffix(".pt")
+            problem = None
+            if not shard.is_file():
+                problem = "shard file missing"
+            elif shard.stat().st_size != record["bytes"] or _sha256(shard) != record["sha256"]:
+                problem = "checksum mismatch"
+            if problem:
+                index.corrupt.append(f"{shard.name}: {problem}")
+                if set_aside:
+                    for p in (shard, record_path):
+                        if p.exists():
+                            p.rename(p.with_name(p.name + ".corrupt"))
+                continue
+            for failure in record["failures"]:
+                failed[failure["path"]] = failure
+            if not record["videos"]:
+                continue
+            data = torch.load(shard, map_location="cpu", weights_only=True)
+            if data["video_vectors"].shape[1] != embed_dim:
+                raise IndexMismatch(f"{shard}: embeddings of width {data['video_vectors'].shape[1]}, the index's is {embed_dim}")
+            clip_video.append(data["clip_video"] + len(index.videos))
+            index.videos += record["videos"]
+            vectors.append(data["video_vectors"])
+            clips.append(data["clip_vectors"])
+            clip_times.append(data["clip_times"])
+        empty = torch.zeros(0, embed_dim)
+        index.video_vectors = torch.cat(vectors) if vectors else empty
+        index.clip_vectors = torch.cat(clips) if clips else empty
+        index.clip_video = torch.cat(clip_video) if clip_video else torch.zeros(0, dtype=torch.long)
+        index.clip_times = torch.cat(clip_times) if clip_times else torch.zeros(0, 2)
+        done = index.indexed
+        index.failures = [f for path, f in sorted(failed.items()) if path not in done]
+        return index
+
+
+# ------------------------------------------------------------------ writing (Lightning predict)
+class _VideoPaths(torch.utils.data.Dataset):
+    def __init__(self, paths: list[Path]):
+        self.paths = [str(p) for p in paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> str:
+        return self.paths[i]
+
+
+class IndexModule(pl.LightningModule):
+    """Batches of video paths -> embeddings with the retrieval model (featurization on the same device)."""
+
+    def __init__(self, model: Model):
+        super().__init__()
+        self.model = model
+        self.retrieval = model.module  # registered: Lightning moves it to the rank's device
+
+    def predict_step(self, paths: list[str], batch_idx: int) -> dict:
+        featurizer = self.model.videos
+        videos, encoded, failures = [], [], []
+        for opened in featurizer.open_group([Path(p) for p in paths]):
+            if opened.video is None:
+                failures.append({"path": str(opened.path), "stage": opened.stage, "error": opened.error})
+                continue
+            try:
+                clips, _ = featurizer.encode(opened.video, featurizer.clips(opened))
+                if not clips:
+                    raise ValueError(f"{opened.path}: no clip long enough to sample frames from")
+            except VIDEO_ERRORS as err:
+                failures.append({"path": str(opened.path), "stage": "encode", "error": str(err)})
+                continue
+            v = opened.video
+            videos.append({"path": str(opened.path), "duration": round(v.duration, 3), "fps": round(v.fps, 3),
+                           "frames": v.num_frames, "clips": [[round(c.start, 3), round(c.end, 3)] for c in clips]})
+            encoded.append(clips)
+        embedded = embed_videos(self.model, encoded) if encoded else []
+        return {"videos": videos, "failures": failures, "embeddings": embedded}
+
+
+class IndexWriter(BasePredictionWriter):
+    """Writes each predicted batch as a shard and then its record (the commit)."""
+
+    def __init__(self, root: Path):
+        super().__init__(write_interval="batch")
+        self.shards = root / "shards"
+        self.written = {"videos": 0, "clips": 0, "failures": 0, "shards": 0}
+
+    def write_on_batch_end(self, trainer, pl_module, prediction: dict, batch_indices, batch, batch_idx: int,
+                           dataloader_idx: int = 0) -> None:
+        embedded = prediction["embeddings"]
+        embed_dim = pl_module.retrieval.hparams.embed_dim
+        clip_rows = [c for _, c in embedded]
+        data = {
+            "video_vectors": torch.stack([v for v, _ in embedded]) if embedded else torch.zeros(0, embed_dim),
+            "clip_vectors": torch.cat(clip_rows) if clip_rows else torch.zeros(0, embed_dim),
+            "clip_video": torch.cat([torch.full((len(c),), i) for i, c in enumerate(clip_rows)]) if clip_rows
+            else torch.zeros(0, dtype=torch.long),
+            "clip_times": torch.tensor([c for v in prediction["videos"] for c in v["clips"]], dtype=torch.float32)
+            .reshape(-1, 2),
+        }
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}-r{trainer.global_rank}-{uuid.uuid4().hex[:8]}"
+        shard = self.shards / f"{name}.pt"
+        self.shards.mkdir(parents=True, exist_ok=True)
+        tmp = shard.with_name(f".{shard.name}.tmp")
+        torch.save(data, tmp)
+        os.replace(tmp, shard)
+        record = {"shard": shard.name, "sha256": _sha256(shard), "bytes": shard.stat().st_size,
+                  "rank": trainer.global_rank, "created": time.time(), "videos": prediction["videos"],
+                  "failures": prediction["failures"]}
+        _atomic_write(shard.with_suffix(".json"), json.dumps(record, indent=1).encode())
+        self.written["videos"] += len(prediction["videos"])
+        self.written["clips"] += len(data["clip_times"])
+        self.written["failures"] += len(prediction["failures"])
+        self.written["shards"] += 1
+
+
+def _open_or_create(root: Path, model: Model) -> Index:
+    """The existing index (checked against the model), or a new one."""
+    manifest = {"format": FORMAT, "model": {"path": str(model.path.resolve()), "version": model.version},
+                "embed_dim": model.module.hparams.embed_dim, "featurization": model.featurization.to_dict(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    path = root / "index.json"
+    if path.is_file():
+        existing = json.loads(path.read_text(encoding="utf-8"))
+        old = existing.get("model", {}).get("version")
+        if old != model.version:
+            raise IndexMismatch(f"{root} was built with model {old} ({existing.get('model', {}).get('path')}); the "
+                              f"model given is {model.version} ({model.path}): use a new index directory, or that model")
+    else:
+        root.mkdir(parents=True, exist_ok=True)
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            _atomic_write(path, json.dumps(manifest, indent=1).encode())
+    return Index.open(root, set_aside=True) if path.is_file() else Index(root, manifest)
+
+
+def build_index(sources: Sequence[str | Path], out: str | Path, *, checkpoint: str | None = None,
+                prepared: str | None = None, batch_size: int = 8, accelerator: str = "auto", devices="auto",
+                strategy: str = "auto", progress: bool = True) -> dict:
+    """Embed the videos of ``sources`` that ``out`` does not hold yet; returns the run's report.
+
+    Args:
+        sources: folders, list files or videos (:func:`list_videos`).
+        out: the index directory (created, or resumed).
+        checkpoint: a retrieval checkpoint (default: the one ``make train`` leaves).
+        prepared: featurization source for checkpoints that do not carry it (see :func:`load_model`).
+        batch_size: videos per predict step (TransNetV2 scores a batch in one packed stream).
+        accelerator, devices, strategy: Lightning's (e.g. ``devices=2, strategy="ddp"``).
+    """
+    started = time.perf_counter()
+    model = load_model(checkpoint, "retrieval", prepared=prepared)
+    root = Path(out)
+    videos = list_videos(sources)
+    index = _open_or_create(root, model)
+    done = index.indexed
+    todo = [p for p in videos if str(p) not in done]
+    writer = IndexWriter(root)
+    report = {"index": str(root), "model": model.version, "videos": len(videos), "already_indexed": len(videos) - len(todo),
+              "corrupt_set_aside": index.corrupt, "incomplete_ignored": len(index.incomplete)}
+    if todo:
+        trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, logger=False,
+                             callbacks=[writer], enable_progress_bar=progress, enable_model_summary=False)
+        loader = DataLoader(_VideoPaths(todo), batch_size=batch_size, collate_fn=list)
+        trainer.predict(IndexModule(model), loader, return_predictions=False)
+        trainer.strategy.barrier()  # every rank's shards are recorded before rank 0 reads them back
+        if trainer.global_rank != 0:
+            return report
+    final = Index.open(root)
+    _atomic_write(root / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in final.failures).encode())
+    seconds = time.perf_counter() - started
+    report.update(written=writer.written, indexed_total=len(final.videos), clips_total=len(final.clip_vectors),
+                  failed=[f["path"] for f in final.failures], seconds=round(seconds, 1),
+                  videos_per_minute=round(writer.written["videos"] * 60 / seconds, 1) if seconds > 0 else None,
+                  stages=model.stages.table())
+    return report

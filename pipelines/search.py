@@ -1,0 +1,107 @@
+"""``mmhsa search INDEX "text"``: exact text-to-video search over an index (:mod:`pipelines.index`).
+
+The query is embedded by the index's own retrieval model (its version is checked against the one that
+built the index) and compared with every video and every clip embedding (cosine, one matrix product
+in chunks: exact, no approximate structure). Videos are ranked by their whole-video score, or, with
+``level="clip"``, clips are ranked; each hit names the video, its best clip with timestamps and the scores.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .index import Index, IndexMismatch
+from .inference import Model, load_model, text_trees
+
+__all__ = ["Searcher", "top_k"]
+
+
+def top_k(queries: torch.Tensor, gallery: torch.Tensor, k: int, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k cosine scores of unit ``queries`` [Q, E] against unit ``gallery`` [G, E].
+
+    Returns:
+        scores [Q, min(k, G)] (descending) and their gallery rows; the gallery is read in chunks so the
+        full [Q, G] matrix never exists.
+    """
+    k = min(k, len(gallery))
+    best_scores = queries.new_full((len(queries), 0), float("-inf"))
+    best_rows = torch.zeros(len(queries), 0, dtype=torch.long)
+    for at in range(0, len(gallery), chunk):
+        scores = queries @ gallery[at:at + chunk].T
+        top = scores.topk(min(k, scores.shape[1]), dim=1)
+        best_scores = torch.cat([best_scores, top.values], 1)
+        best_rows = torch.cat([best_rows, top.indices + at], 1)
+        keep = best_scores.topk(min(k, best_scores.shape[1]), dim=1)
+        best_scores, best_rows = keep.values, best_rows.gather(1, keep.indices)
+    return best_scores, best_rows
+
+
+class Searcher:
+    """An index and the model that built it.
+
+    Args:
+        index: the index directory.
+        checkpoint: the retrieval checkpoint (default: the one recorded in the index); it must be the
+            model version the index was built with.
+        prepared: featurization source for checkpoints that do not carry it.
+
+    Raises:
+        IndexMismatch: the checkpoint is another model version than the index's (both named).
+    """
+
+    def __init__(self, index: str, checkpoint: str | None = None, prepared: str | None = None):
+        self.index = Index.open(index)
+        recorded = self.index.manifest["model"]
+        self.model: Model = load_model(checkpoint or recorded["path"], "retrieval", prepared=prepared)
+        if self.model.version != recorded["version"]:
+            raise IndexMismatch(f"{index} was built with model {recorded['version']} ({recorded['path']}); the model "
+                                f"loaded is {self.model.version} ({self.model.path}): re-index with it, or search with "
+                                "the index's model")
+
+    @torch.no_grad()
+    def embed(self, queries: list[str]) -> tuple[torch.Tensor, list[dict]]:
+        """[Q, E] unit query vectors; and what the limits dropped of each (very long queries)."""
+        trees, dropped = text_trees(self.model, queries)
+        module = self.model.module
+        return module.embed(trees.to(module.device), "text").float().cpu(), dropped
+
+    def search(self, query: str, k: int = 10, level: str = "video") -> dict:
+        """The top ``k`` videos (``level="video"``) or clips (``level="clip"``) for ``query``.
+
+        Returns:
+            {"query", "level", "dropped", "hits": [{"rank", "score", "video", "clip", "start", "end",
+            "clip_score", "video_score"}]}.
+
+        Raises:
+            ValueError: an empty query, or an unknown level.
+        """
+        if level not in ("video", "clip"):
+            raise ValueError(f"level must be 'video' or 'clip', got {level!r}")
+        if not query or not query.strip():
+            raise ValueError("empty query: give some words to search for")
+        ix = self.index
+        q, dropped = self.embed([query])
+        if not len(ix.videos):
+            return {"query": query, "level": level, "dropped": dropped[0], "hits": []}
+        video_scores = (ix.video_vectors @ q[0]).tolist()
+        clip_scores = ix.clip_vectors @ q[0]
+        hits = []
+        if level == "video":
+            scores, rows = top_k(q, ix.video_vectors, k)
+            for score, v in zip(scores[0].tolist(), rows[0].tolist()):
+                mine = torch.nonzero(ix.clip_video == v).flatten()
+                c = int(mine[clip_scores[mine].argmax()])
+                hits.append(self._hit(len(hits) + 1, score, v, c, clip_scores, video_scores))
+        else:
+            scores, rows = top_k(q, ix.clip_vectors, k)
+            for score, c in zip(scores[0].tolist(), rows[0].tolist()):
+                hits.append(self._hit(len(hits) + 1, score, int(ix.clip_video[c]), c, clip_scores, video_scores))
+        return {"query": query, "level": level, "dropped": dropped[0], "hits": hits}
+
+    def _hit(self, rank: int, score: float, v: int, c: int, clip_scores: torch.Tensor, video_scores: list) -> dict:
+        ix = self.index
+        first = int(torch.nonzero(ix.clip_video == v).flatten()[0])
+        start, end = ix.clip_times[c].tolist()
+        return {"rank": rank, "score": round(score, 4), "video": ix.videos[v]["path"], "clip": c - first,
+                "start": round(start, 2), "end": round(end, 2), "clip_score": round(float(clip_scores[c]), 4),
+                "video_score": round(video_scores[v], 4)}
