@@ -143,7 +143,8 @@ def answer_csv(asker: Asker, csv_path: str, video_dir: str, out: str | None) -> 
     return report
 
 
-def print_answer(result: dict, stream=sys.stdout) -> None:
+def print_answer(result: dict, stream=None) -> None:
+    stream = stream or sys.stdout
     print(f"{result['video']}\nQ: {result['question']}", file=stream)
     for i, (choice, p) in enumerate(zip(result["choices"], result["probabilities"])):
         mark = "->" if i == result["answer"] else "  "

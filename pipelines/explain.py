@@ -38,7 +38,7 @@ def attention_map(model: Model, video: str | Path, text: str) -> dict:
     if not split_sentences(text):
         raise ValueError("empty text: nothing to explain")
     module = model.module
-    if module.hparams.mixer == "mean":
+    if module.encoder.blocks[0].attn.mixer == "mean":
         raise ValueError(f"{model.path}: a mean-pooling model has no attention to show")
     featurizer = model.videos
     opened = featurizer.open_group([Path(video)])[0]
@@ -90,7 +90,7 @@ def plot_attention(result: dict, out: str | Path, top_frames: int = 3) -> Path:
 
     video = open_video(result["video"])
     indices = [i for clip in result["frame_indices"] for i in clip]
-    pixels = video.frames(indices).permute(0, 2, 3, 1).numpy()  # [F, H, W, 3]
+    pixels = video.frames(indices).numpy()  # [F, H, W, 3] uint8
     frame_share = [s for clip in result["frames"] for s in clip]
     patch_share = [np.array(p) for clip in result["patches"] for p in clip]
     owner = [c for c, clip in enumerate(result["frames"]) for _ in clip]

@@ -144,7 +144,7 @@ def load_model(checkpoint: str | Path | None, task: str, *, prepared: str | Path
     except Exception as err:  # a truncated or foreign file fails in many ways inside torch.load
         raise ValueError(f"checkpoint {path}: not a readable mmhsa checkpoint ({type(err).__name__}: {err})") from None
     cls = classes[task]
-    class_path = hparams.pop("_class_path", "")
+    class_path = state.get("mmhsa_class") or hparams.get("_class_path", "")
     if not class_path.endswith(f".{cls.__name__}"):
         raise ValueError(f"checkpoint {path} is a {class_path.rsplit('.', 1)[-1] or 'unknown'} model; this command "
                          f"needs a {cls.__name__} ({task}) checkpoint")

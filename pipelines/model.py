@@ -122,6 +122,7 @@ class FusionModule(pl.LightningModule):
 
     # Resuming must continue the random streams (dropout) where the interrupted run was.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mmhsa_class"] = f"{type(self).__module__}.{type(self).__qualname__}"  # for inference loading
         kind, keys, position, has_gauss, gauss = np.random.get_state()
         checkpoint["rng_states"] = {  # plain types and tensors: checkpoints load with weights_only=True
             "torch": torch.get_rng_state(), "python": random.getstate(),

@@ -1,0 +1,292 @@
+"""Batch inference on real videos: index (resume, kill -9, corrupt shards, DDP), search, ask, explain.
+
+Videos come from the synthetic generator (real H.264 files) plus broken files; models are tiny task
+modules trained for one step on random features, saved by Lightning with a real featurization recorded
+(fixed windows instead of TransNetV2 to stay quick; the real EfficientNet-Lite0 and MiniLM).
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from data_prep.assemble import Limits
+from data_prep.clips import WindowConfig
+from data_prep.featurize import VideoConfig
+from data_prep.shards import ShardWriter
+from data_prep.synthetic import CorpusConfig, generate
+from mmhsa import Hierarchy
+from mmhsa.encoders.frames import PatchEncoderConfig
+from mmhsa.encoders.text import TextEncoderConfig
+from mmhsa.nn.attention import HSAAttention
+from pipelines.ask import Asker, answer_csv
+from pipelines.cli import main
+from pipelines.data import ShardDataModule
+from pipelines.explain import explain
+from pipelines.index import Index, IndexMismatch, build_index, list_videos
+from pipelines.inference import load_model
+from pipelines.qa import QAModule
+from pipelines.retrieval import RetrievalModule
+from pipelines.search import Searcher, top_k
+
+from .test_tasks import caption_sample, qa_sample
+
+SIZES = dict(dim=32, depth=1, heads=2, pos_dim=4, dropout=0.0)
+FEATURIZATION = {"video": asdict(VideoConfig(clips="windows", windows=WindowConfig(1.0, min_clip_seconds=0.3),
+                                             frames_per_clip=2)),
+                 "frames": asdict(PatchEncoderConfig()), "text": asdict(TextEncoderConfig()),
+                 "limits": asdict(Limits(max_clips=3, max_frames=2, max_tokens=16))}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    generate(root, CorpusConfig(num_videos=5, height=64, width=64, min_scenes=2, max_scenes=3))
+    videos = root / "videos"
+    (videos / "empty.mp4").write_bytes(b"")
+    (videos / "notes.mp4").write_text("not a video\n" * 20)
+    return root
+
+
+def _train(tmp: Path, task: str, module, samples, seed: int = 0) -> Path:
+    data = tmp / f"data-{task}-{seed}"
+    with ShardWriter(data, {"task": {"name": task}, **FEATURIZATION}, shard_size=64) as writer:
+        for s in samples:
+            writer.add(s)
+    pl.seed_everything(seed)
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(module, ShardDataModule(str(data), task=task, batch_size=8))
+    path = tmp / f"{task}-{seed}.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("models")
+    pl.seed_everything(0)
+    retrieval = _train(tmp, "retrieval", RetrievalModule(embed_dim=16, **SIZES), [caption_sample(i) for i in range(8)])
+    other = _train(tmp, "retrieval", RetrievalModule(embed_dim=16, **SIZES), [caption_sample(i) for i in range(8)], 1)
+    qa = _train(tmp, "qa", QAModule(head_hidden=16, **SIZES), [qa_sample(i) for i in range(8)])
+    return {"retrieval": retrieval, "other": other, "qa": qa}
+
+
+@pytest.fixture(scope="module")
+def index(corpus, models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("index") / "ix"
+    report = build_index([corpus / "videos"], out, checkpoint=str(models["retrieval"]), batch_size=2, progress=False)
+    return out, report
+
+
+def test_checkpoint_records_featurization(models):
+    model = load_model(models["retrieval"], "retrieval")
+    assert model.featurization.video.clips == "windows" and model.featurization.limits.max_clips == 3
+    assert model.version.startswith("RetrievalModule:")
+    with pytest.raises(ValueError, match="QAModule.*needs a RetrievalModule"):
+        load_model(models["qa"], "retrieval")
+    with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
+        load_model("nowhere.ckpt", "qa")
+
+
+def test_not_a_checkpoint_is_named(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ValueError, match="bad.ckpt: not a readable"):
+        load_model(bad, "retrieval")
+
+
+def test_index_reports_bad_files_and_indexes_the_rest(corpus, index):
+    out, report = index
+    ix = Index.open(out)
+    good = sorted(str(p.resolve()) for p in (corpus / "videos").glob("video*.mp4"))
+    assert sorted(v["path"] for v in ix.videos) == good
+    assert sorted(Path(p).name for p in report["failed"]) == ["empty.mp4", "notes.mp4"]
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert {Path(f["path"]).name: f["stage"] for f in failures} == {"empty.mp4": "decode", "notes.mp4": "decode"}
+    assert all("empty.mp4" in f["error"] or "notes.mp4" in f["error"] for f in failures)
+    # every clip belongs to its video, within its duration, and all vectors are unit length
+    assert len(ix.clip_vectors) == sum(len(v["clips"]) for v in ix.videos) == len(ix.clip_times)
+    for row, video in enumerate(ix.videos):
+        times = ix.clip_times[ix.clip_video == row]
+        assert torch.allclose(times, torch.tensor(video["clips"]), atol=1e-3)
+        assert times[-1, 1] <= video["duration"] + 1e-3 and video["frames"] > 0
+    assert torch.allclose(ix.video_vectors.norm(dim=1), torch.ones(len(ix.videos)), atol=1e-5)
+    assert torch.allclose(ix.clip_vectors.norm(dim=1), torch.ones(len(ix.clip_vectors)), atol=1e-5)
+
+
+def test_rerun_skips_redoes_lost_and_corrupt_shards(corpus, models, index, tmp_path):
+    out = tmp_path / "ix"
+    shutil.copytree(index[0], out)
+    before = Index.open(out)
+    again = build_index([corpus / "videos"], out, checkpoint=str(models["retrieval"]), batch_size=2, progress=False)
+    assert again["written"]["videos"] == 0 and again["already_indexed"] == 5
+    records = sorted((out / "shards").glob("*.json"))
+    with_videos = [r for r in records if json.loads(r.read_text())["videos"]]
+    # a record lost (killed between shard and record): the shard is ignored, its videos are redone
+    lost = with_videos[0]
+    lost_videos = {v["path"] for v in json.loads(lost.read_text())["videos"]}
+    lost.unlink()
+    assert Index.open(out).incomplete == [str(lost.with_suffix(".pt"))]
+    assert Index.open(out).indexed == before.indexed - lost_videos
+    # a corrupt shard: reported, set aside, redone
+    shard = with_videos[1].with_suffix(".pt")
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert Index.open(out).corrupt == [f"{shard.name}: checksum mismatch"]
+    report = build_index([corpus / "videos"], out, checkpoint=str(models["retrieval"]), batch_size=2, progress=False)
+    assert report["corrupt_set_aside"] == [f"{shard.name}: checksum mismatch"]
+    assert shard.with_name(shard.name + ".corrupt").exists()
+    after = Index.open(out)
+    assert sorted(v["path"] for v in after.videos) == sorted(v["path"] for v in before.videos)  # once each
+    order = {v["path"]: i for i, v in enumerate(before.videos)}
+    for i, v in enumerate(after.videos):  # the redone videos embed to the same vectors
+        assert torch.allclose(after.video_vectors[i], before.video_vectors[order[v["path"]]], atol=1e-5)
+
+
+def test_kill_9_while_indexing_loses_and_duplicates_nothing(corpus, models, tmp_path):
+    out = tmp_path / "ix"
+    command = [sys.executable, "-m", "pipelines.cli", "index", "--videos", str(corpus / "videos"), "--out", str(out),
+               "--ckpt", str(models["retrieval"]), "--batch-size", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "shards").glob("*.json"))) < 3:  # 2 broken files, 1 video
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    committed = Index.open(out).indexed
+    assert 1 <= len(committed) < 5  # killed part-way
+    report = build_index([corpus / "videos"], out, checkpoint=str(models["retrieval"]), progress=False)
+    assert report["already_indexed"] == len(committed)
+    paths = [v["path"] for v in Index.open(out).videos]
+    assert len(paths) == len(set(paths)) == 5
+
+
+def test_index_of_another_model_is_refused_naming_both(corpus, models, index):
+    out, _ = index
+    other = load_model(models["other"], "retrieval").version
+    mine = Index.open(out).version
+    with pytest.raises(IndexMismatch, match=f"{mine}.*{other}"):
+        build_index([corpus / "videos"], out, checkpoint=str(models["other"]), progress=False)
+    with pytest.raises(IndexMismatch, match=f"{mine}.*{other}"):
+        Searcher(str(out), str(models["other"]))
+
+
+def test_search_hits_and_queries(index):
+    searcher = Searcher(str(index[0]))
+    result = searcher.search("a red circle moves up", k=3)
+    hits = result["hits"]
+    assert len(hits) == 3 and len({h["video"] for h in hits}) == 3
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    ix = searcher.index
+    q, _ = searcher.embed(["a red circle moves up"])
+    assert hits[0]["score"] == pytest.approx(float((ix.video_vectors @ q[0]).max()), abs=1e-4)
+    for h in hits:  # the best clip of each video is its highest-scoring clip
+        row = [v["path"] for v in ix.videos].index(h["video"])
+        assert h["clip_score"] == pytest.approx(float((ix.clip_vectors[ix.clip_video == row] @ q[0]).max()), abs=1e-4)
+    clips = searcher.search("a red circle moves up", k=4, level="clip")["hits"]
+    assert clips[0]["score"] == pytest.approx(float((ix.clip_vectors @ q[0]).max()), abs=1e-4)
+    assert searcher.search("東京の赤い円が上へ動く 🎬", k=2)["hits"]  # non-ASCII works
+    long = searcher.search(" ".join(["the blue square moves left and then the red circle moves up."] * 60), k=1)
+    assert long["dropped"].get("sentences", 0) > 0 and long["hits"]
+    for empty in ("", "   \n"):
+        with pytest.raises(ValueError, match="empty query"):
+            searcher.search(empty)
+
+
+def test_top_k_in_chunks_equals_full_sort():
+    g = torch.Generator().manual_seed(0)
+    gallery = torch.nn.functional.normalize(torch.randn(1000, 16, generator=g), dim=1)
+    queries = torch.nn.functional.normalize(torch.randn(3, 16, generator=g), dim=1)
+    scores, rows = top_k(queries, gallery, 7, chunk=64)
+    full = (queries @ gallery.T).topk(7, dim=1)
+    assert torch.equal(rows, full.indices) and torch.allclose(scores, full.values)
+    assert top_k(queries, gallery[:3], 7)[1].shape == (3, 3)
+
+
+def test_search_sees_only_recorded_shards(index, tmp_path):
+    out = tmp_path / "ix"
+    shutil.copytree(index[0], out)
+    (out / "shards" / "zz-being-written.pt").write_bytes(b"half a shard")
+    assert Index.open(out).indexed == Index.open(index[0]).indexed
+
+
+def test_list_videos_sources(corpus, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# my videos\n{corpus / 'videos' / 'video0001.mp4'}\n\n")
+    assert list_videos([listing]) == [(corpus / "videos" / "video0001.mp4").resolve()]
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        list_videos([tmp_path / "nowhere"])
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(ValueError, match="no video files"):
+        list_videos([tmp_path / "nothing"])
+
+
+def test_ask_one_and_a_csv(corpus, models, tmp_path):
+    asker = Asker(str(models["qa"]))
+    result = asker.ask(corpus / "videos" / "video0000.mp4", "What moves first?", ["a red circle", "a blue square", "x"])
+    assert sum(result["probabilities"]) == pytest.approx(1.0, abs=1e-3) and result["answer_text"] in result["choices"]
+    with pytest.raises(ValueError, match="2 to 10 choices"):
+        asker.ask(corpus / "videos" / "video0000.mp4", "What?", ["only one"])
+    with pytest.raises(ValueError, match="notes.mp4"):
+        asker.ask(corpus / "videos" / "notes.mp4", "What?", ["a", "b"])
+    # a NExT-QA CSV with one question on a missing video and one on a broken video
+    rows = (corpus / "nextqa" / "train.csv").read_text().splitlines()
+    header, body = rows[0], rows[1:4]
+    columns = header.split(",")
+    broken = dict(zip(columns, body[0].split(",")), video="notes", qid="99")
+    missing = dict(zip(columns, body[0].split(",")), video="gone", qid="98")
+    csv_path = tmp_path / "q.csv"
+    csv_path.write_text("\n".join([header, *body] + [",".join(r[c] for c in columns) for r in (broken, missing)]))
+    report = answer_csv(asker, str(csv_path), str(corpus / "videos"), str(tmp_path / "pred.csv"))
+    assert report["questions"] == 5 and report["answered"] == 3
+    reasons = {f["id"]: f["error"] for f in report["failed"]}
+    assert "notes.mp4" in reasons["notes_99"] and "not found" in reasons["gone_98"]
+    assert 0 <= report["accuracy"]["acc"] <= 1
+    assert (tmp_path / "pred.csv").read_text().count("\n") == 4
+
+
+def test_explain_draws_the_attention(corpus, models, tmp_path):
+    out = tmp_path / "att.png"
+    result = explain(str(corpus / "videos" / "video0002.mp4"), "the green circle moves down", str(out),
+                     checkpoint=str(models["qa"]))
+    assert out.stat().st_size > 10_000 and json.loads(out.with_suffix(".json").read_text())["text"]
+    assert sum(result["clips"]) == pytest.approx(1.0, abs=1e-6)
+    for clip, frames, patches in zip(result["clips"], result["frames"], result["patches"]):
+        assert sum(frames) == pytest.approx(clip, abs=1e-6)
+        assert torch.tensor(patches).sum() == pytest.approx(clip, abs=1e-6)
+
+
+@pytest.mark.parametrize("mixer", ["hsa", "flat", "mean"])
+def test_attention_weights_are_what_the_layer_applies(mixer):
+    g = torch.Generator().manual_seed(0)
+    layer = HSAAttention(16, 2, pos_dim=4, mixer=mixer, backend="torch")
+    h = Hierarchy.batch([Hierarchy.from_nested([[0, 1, 2], [[3, 4], [5]]]), Hierarchy.from_nested([[0, 1], [2]])])
+    x = torch.randn(h.num_leaves, 16, generator=g)
+    theta = layer.weights(x, h)  # [H, N, N]
+    _, _, v = layer._qkv(x, None)
+    expected = layer.proj(torch.einsum("hij,jhd->ihd", theta, v).reshape(len(x), 16))
+    assert torch.allclose(layer(x, h), expected, atol=1e-5)
+
+
+def test_cli_errors_and_exit_codes(corpus, models, index, capsys):
+    assert main(["search", str(corpus), "x"]) == 2
+    assert "not an index" in capsys.readouterr().err
+    assert main(["search", str(index[0]), "a red circle", "--top-k", "2", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["hits"]) == 2
+    assert main(["ask", str(corpus / "videos" / "video0000.mp4"), "What?", "--choices", "a", "b",
+                 "--ckpt", str(models["qa"])]) == 0
+    assert "Q: What?" in capsys.readouterr().out
+    assert main(["index", "--videos", str(corpus / "videos"), "--out", str(index[0]), "--ckpt",
+                 str(models["retrieval"])]) == 1  # nothing new; the two broken files are still reported
