@@ -290,3 +290,21 @@ def test_cli_errors_and_exit_codes(corpus, models, index, capsys):
     assert "Q: What?" in capsys.readouterr().out
     assert main(["index", "--videos", str(corpus / "videos"), "--out", str(index[0]), "--ckpt",
                  str(models["retrieval"])]) == 1  # nothing new; the two broken files are still reported
+
+
+def test_index_with_two_ddp_processes(corpus, models, index, tmp_path):
+    """Lightning's DDP strategy on CPU (gloo): each rank embeds its share and writes its own shards."""
+    out = tmp_path / "ix"
+    run = subprocess.run([sys.executable, "-m", "pipelines.cli", "index", "--videos", str(corpus / "videos"),
+                          "--out", str(out), "--ckpt", str(models["retrieval"]), "--batch-size", "1",
+                          "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--json"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 1, run.stderr[-3000:]  # the two broken files
+    ranks = {json.loads(r.read_text())["rank"] for r in (out / "shards").glob("*.json")}
+    assert ranks == {0, 1}
+    single, ddp = Index.open(index[0]), Index.open(out)
+    assert sorted(v["path"] for v in ddp.videos) == sorted(v["path"] for v in single.videos)
+    order = {v["path"]: i for i, v in enumerate(single.videos)}
+    for i, v in enumerate(ddp.videos):
+        assert torch.allclose(ddp.video_vectors[i], single.video_vectors[order[v["path"]]], atol=1e-5)
+    assert len(ddp.failures) == 2
