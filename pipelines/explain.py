@@ -1,11 +1,14 @@
 """``mmhsa explain VIDEO "text" --out attention.png``: where a text's attention goes in a video.
 
 The video and the text form one joint tree, as a question in QA training (video, question), and go
-through the QA model's encoder. In every layer the dense HSA matrix is read back (tied on sibling
-blocks, so the weights a word gives a clip, a frame or a patch are exactly what the model applied);
-the weights from the text's tokens to the video's patches are averaged over heads, tokens and layers,
-then summed per frame and per clip. The picture: the share of each clip (with its time span), every
-sampled frame with its share, and on the top frames the patches' shares drawn over the frame.
+through the QA model's encoder. In every layer the dense HSA matrix is read back: exactly the weights
+the model applied. HSA ties attention on sibling blocks, so within one layer a word gives every leaf of
+the video the same weight (it attends to the video as a block); where inside the video that attention
+lands is decided by the video's own attention in the layers before (clips to clips, frames to frames,
+patches to patches). Attention rollout composes the layers (per layer half residual, half attention,
+heads averaged; Abnar & Zuidema 2020), and the text's tokens' rows of the product, restricted to the
+video's patches, are summed per frame and per clip. The picture: the share of each clip (with its time
+span), every sampled frame with its share, and on the top frames the patches' shares drawn over it.
 """
 
 from __future__ import annotations
@@ -61,10 +64,15 @@ def attention_map(model: Model, video: str | Path, text: str) -> dict:
     finally:
         for hook in hooks:
             hook.remove()
-    share = torch.zeros(v1 - v0, dtype=torch.float64)
+    # Attention rollout: each layer mixes a leaf with what it attends to (half residual, half attention,
+    # heads averaged); the product over layers says how much of each input leaf reaches each output leaf.
+    n = h.num_leaves
+    eye = torch.eye(n, dtype=torch.float64)
+    rollout = eye
     for block, args in zip(module.encoder.blocks, inputs):
-        theta = block.attn.weights(*args)  # [H, N, N]
-        share += theta[:, t0:t1, v0:v1].double().mean((0, 1)).cpu()
+        theta = block.attn.weights(*args).double().mean(0).cpu()  # [N, N]
+        rollout = (0.5 * theta + 0.5 * eye) @ rollout
+    share = rollout[t0:t1, v0:v1].mean(0)
     share /= share.sum().clamp_min(1e-30)
     grid = clips[0].patches.shape[1:3]
     shares, at = [], 0
@@ -104,7 +112,7 @@ def plot_attention(result: dict, out: str | Path, top_frames: int = 3) -> Path:
     ax.bar(range(len(labels)), result["clips"], color="tab:orange")
     ax.set_xticks(range(len(labels)), labels, fontsize=7)
     ax.set_ylabel("share")
-    ax.set_title(f"\"{result['text'][:80]}\": attention per clip ({result['layers']} layers, heads and words averaged)",
+    ax.set_title(f"\"{result['text'][:80]}\": attention per clip (rollout over {result['layers']} layers)",
                  fontsize=9)
     frames = grid[1].subgridspec(rows, columns)
     at = 0
