@@ -77,6 +77,8 @@ def _inference_parsers(sub) -> None:
     p.add_argument("query")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--level", choices=("video", "clip"), default="video", help="rank whole videos or clips")
+    p.add_argument("--rerank", action="store_true", help="reorder the top-k videos with the cross-modal re-ranker")
+    p.add_argument("--rerank-ckpt", default=None, help="the re-rank checkpoint (default: runs/default/rerank.ckpt)")
     p.add_argument("--json", action="store_true")
     _add_model_args(p, "retrieval")
     p = sub.add_parser("ask", help="multiple-choice questions about a video (or a NExT-QA CSV of them)")
@@ -111,17 +113,22 @@ def _run_inference(args) -> int:
             _print_index_report(report)
         return 1 if report["failed"] else 0
     if args.command == "search":
+        from pipelines.inference import DEFAULT_CHECKPOINTS
         from pipelines.search import Searcher
 
-        result = Searcher(args.index, args.ckpt, args.prepared).search(args.query, args.top_k, args.level)
+        reranker = (args.rerank_ckpt or str(DEFAULT_CHECKPOINTS["rerank"])) if args.rerank else None
+        searcher = Searcher(args.index, args.ckpt, args.prepared, reranker=reranker)
+        result = searcher.search(args.query, args.top_k, args.level, rerank=args.rerank)
         if args.json:
             print(json.dumps(result, indent=1, ensure_ascii=False))
             return 0
         if result["dropped"]:
             print(f"note: the query is longer than the model's limits; dropped {result['dropped']}", file=sys.stderr)
         for hit in result["hits"]:
+            rerank = f", re-rank {hit['rerank_score']:.3f}" if "rerank_score" in hit else ""
             print(f"{hit['rank']:3d}  {hit['score']:.3f}  {hit['video']}  clip {hit['clip']} "
-                  f"[{hit['start']:.1f}-{hit['end']:.1f} s] (clip {hit['clip_score']:.3f}, video {hit['video_score']:.3f})")
+                  f"[{hit['start']:.1f}-{hit['end']:.1f} s] (clip {hit['clip_score']:.3f}, video {hit['video_score']:.3f}"
+                  f"{rerank})")
         if not result["hits"]:
             print("the index holds no videos yet")
         return 0

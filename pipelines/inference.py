@@ -31,7 +31,7 @@ from .model import FusionModule
 __all__ = ["DEFAULT_CHECKPOINTS", "Featurization", "Model", "embed_videos", "load_model", "text_trees", "video_trees"]
 
 # Where `make train` leaves the HSA models that inference uses when no checkpoint is given.
-DEFAULT_CHECKPOINTS = {"retrieval": Path("runs/default/retrieval.ckpt"), "qa": Path("runs/default/qa.ckpt")}
+DEFAULT_CHECKPOINTS = {task: Path(f"runs/default/{task}.ckpt") for task in ("retrieval", "qa", "rerank")}
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,8 @@ def load_model(checkpoint: str | Path | None, task: str, *, prepared: str | Path
 
     Args:
         checkpoint: a Lightning checkpoint of that task; None: ``DEFAULT_CHECKPOINTS[task]`` (``make train``).
-        task: "retrieval" (:class:`~pipelines.retrieval.RetrievalModule`) or "qa" (:class:`~pipelines.qa.QAModule`).
+        task: "retrieval" (:class:`~pipelines.retrieval.RetrievalModule`), "qa" (:class:`~pipelines.qa.QAModule`)
+            or "rerank" (:class:`~pipelines.rerank.RerankModule`).
         prepared: where the featurization comes from when the checkpoint does not carry it (or to override
             it): a prepared task directory or a data recipe YAML.
 
@@ -125,9 +126,10 @@ def load_model(checkpoint: str | Path | None, task: str, *, prepared: str | Path
         ValueError: not a checkpoint, a checkpoint of another task, or no featurization known.
     """
     from .qa import QAModule
+    from .rerank import RerankModule
     from .retrieval import RetrievalModule
 
-    classes = {"retrieval": RetrievalModule, "qa": QAModule}
+    classes = {"retrieval": RetrievalModule, "qa": QAModule, "rerank": RerankModule}
     if task not in classes:
         raise ValueError(f"task must be one of {sorted(classes)}, got {task!r}")
     if checkpoint is None:
@@ -150,6 +152,7 @@ def load_model(checkpoint: str | Path | None, task: str, *, prepared: str | Path
                          f"needs a {cls.__name__} ({task}) checkpoint")
     hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
     hparams["init_from"] = None  # the weights below are the trained ones
+    hparams.pop("dual_encoder", None)  # a re-ranker's training-time helper, not needed to score pairs
     module = cls(**hparams)
     module.load_state_dict(weights)
     module.eval().to(device)

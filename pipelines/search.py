@@ -4,14 +4,19 @@ The query is embedded by the index's own retrieval model (its version is checked
 built the index) and compared with every video and every clip embedding (cosine, one matrix product
 in chunks: exact, no approximate structure). Videos are ranked by their whole-video score, or, with
 ``level="clip"``, clips are ranked; each hit names the video, its best clip with timestamps and the scores.
+With a re-rank checkpoint, ``rerank=True`` reorders the top videos with the cross-modal model
+(:mod:`pipelines.rerank`) on the joint tree of the query and each video.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from .index import Index, IndexMismatch
-from .inference import Model, load_model, text_trees
+from .inference import Model, load_model, text_trees, video_trees
+from .rerank import joint_pairs
 
 __all__ = ["Searcher", "top_k"]
 
@@ -44,13 +49,17 @@ class Searcher:
         checkpoint: the retrieval checkpoint (default: the one recorded in the index); it must be the
             model version the index was built with.
         prepared: featurization source for checkpoints that do not carry it.
+        reranker: a cross-modal re-rank checkpoint (:class:`~pipelines.rerank.RerankModule`) for
+            ``search(..., rerank=True)``.
 
     Raises:
         IndexMismatch: the checkpoint is another model version than the index's (both named).
     """
 
-    def __init__(self, index: str, checkpoint: str | None = None, prepared: str | None = None):
+    def __init__(self, index: str, checkpoint: str | None = None, prepared: str | None = None,
+                 reranker: str | None = None):
         self.index = Index.open(index)
+        self.reranker: Model | None = load_model(reranker, "rerank", prepared=prepared) if reranker else None
         recorded = self.index.manifest["model"]
         self.model: Model = load_model(checkpoint or recorded["path"], "retrieval", prepared=prepared)
         if self.model.version != recorded["version"]:
@@ -65,8 +74,11 @@ class Searcher:
         module = self.model.module
         return module.embed(trees.to(module.device), "text").float().cpu(), dropped
 
-    def search(self, query: str, k: int = 10, level: str = "video") -> dict:
-        """The top ``k`` videos (``level="video"``) or clips (``level="clip"``) for ``query``.
+    def search(self, query: str, k: int = 10, level: str = "video", rerank: bool = False) -> dict:
+        """The top ``k`` videos (``level="video"``) or clips (``level="clip"``) for ``query``; with
+        ``rerank``, the top ``k`` videos reordered by the cross-modal re-ranker (each hit then also has
+        ``rerank_score``; the videos are featurized again from their files, as the index keeps only
+        embeddings).
 
         Returns:
             {"query", "level", "dropped", "hits": [{"rank", "score", "video", "clip", "start", "end",
@@ -77,6 +89,8 @@ class Searcher:
         """
         if level not in ("video", "clip"):
             raise ValueError(f"level must be 'video' or 'clip', got {level!r}")
+        if rerank and (self.reranker is None or level != "video"):
+            raise ValueError("rerank needs a re-rank checkpoint (--rerank-ckpt) and level 'video'")
         if not query or not query.strip():
             raise ValueError("empty query: give some words to search for")
         ix = self.index
@@ -96,7 +110,34 @@ class Searcher:
             scores, rows = top_k(q, ix.clip_vectors, k)
             for score, c in zip(scores[0].tolist(), rows[0].tolist()):
                 hits.append(self._hit(len(hits) + 1, score, int(ix.clip_video[c]), c, clip_scores, video_scores))
+        if rerank:
+            hits = self._rerank(query, hits)
         return {"query": query, "level": level, "dropped": dropped[0], "hits": hits}
+
+    @torch.no_grad()
+    def _rerank(self, query: str, hits: list[dict]) -> list[dict]:
+        model = self.reranker
+        featurizer = model.videos
+        videos, kept = [], []
+        for hit in hits:
+            opened = featurizer.open_group([Path(hit["video"])])[0]
+            if opened.video is None:  # moved or deleted since indexing: keep the dual-encoder order for it
+                hit["rerank_error"] = opened.error
+                continue
+            clips, _ = featurizer.encode(opened.video, featurizer.clips(opened), model.featurization.limits.max_clips)
+            videos.append(video_trees(clips, model.featurization.limits)[0])
+            kept.append(hit)
+        if not kept:
+            return hits
+        text, _ = text_trees(model, [query])
+        pairs = joint_pairs(videos, [text], [(v, 0) for v in range(len(videos))])
+        scores = model.module.score(pairs.to(model.module.device)).float().cpu().tolist()
+        for hit, score in zip(kept, scores):
+            hit["rerank_score"] = round(score, 4)
+        ordered = sorted(kept, key=lambda h: -h["rerank_score"]) + [h for h in hits if "rerank_score" not in h]
+        for rank, hit in enumerate(ordered, 1):
+            hit["rank"] = rank
+        return ordered
 
     def _hit(self, rank: int, score: float, v: int, c: int, clip_scores: torch.Tensor, video_scores: list) -> dict:
         ix = self.index

@@ -35,6 +35,7 @@ from pipelines.explain import explain
 from pipelines.index import Index, IndexMismatch, build_index, list_videos
 from pipelines.inference import load_model
 from pipelines.qa import QAModule
+from pipelines.rerank import RerankModule
 from pipelines.retrieval import RetrievalModule
 from pipelines.search import Searcher, top_k
 
@@ -78,7 +79,9 @@ def models(tmp_path_factory):
     retrieval = _train(tmp, "retrieval", RetrievalModule(embed_dim=16, **SIZES), [caption_sample(i) for i in range(8)])
     other = _train(tmp, "retrieval", RetrievalModule(embed_dim=16, **SIZES), [caption_sample(i) for i in range(8)], 1)
     qa = _train(tmp, "qa", QAModule(head_hidden=16, **SIZES), [qa_sample(i) for i in range(8)])
-    return {"retrieval": retrieval, "other": other, "qa": qa}
+    rerank = _train(tmp, "retrieval", RerankModule(dual_encoder=str(retrieval), negatives=2, head_hidden=16, **SIZES),
+                    [caption_sample(i) for i in range(8)], 2)
+    return {"retrieval": retrieval, "other": other, "qa": qa, "rerank": rerank}
 
 
 @pytest.fixture(scope="module")
@@ -308,3 +311,46 @@ def test_index_with_two_ddp_processes(corpus, models, index, tmp_path):
     for i, v in enumerate(ddp.videos):
         assert torch.allclose(ddp.video_vectors[i], single.video_vectors[order[v["path"]]], atol=1e-5)
     assert len(ddp.failures) == 2
+
+
+def test_rerank_reorders_only_the_top_k(models):
+    module = load_model(models["rerank"], "rerank").module
+    module.rerank_k = 3
+    g = torch.Generator().manual_seed(0)
+    from .test_tasks import caption_sample as sample
+    from pipelines.data import retrieval_collate
+    from pipelines.rerank import _tree
+
+    batch = retrieval_collate([sample(i) for i in range(6)])
+    videos = [_tree(batch.videos, i) for i in range(6)]
+    texts = [_tree(batch.texts, i) for i in range(len(batch.text_video))]
+    sims = torch.rand(len(texts), 6, generator=g)
+    out = module.rerank(sims, videos, texts)
+    top = sims.topk(3, dim=1).indices
+    for t in range(len(texts)):
+        assert set(out[t].topk(3).indices.tolist()) == set(top[t].tolist())  # the same candidates on top
+        rest = [v for v in sims[t].argsort(descending=True).tolist() if v not in top[t]]
+        assert out[t].argsort(descending=True)[3:].tolist() == rest  # the others keep their order
+
+
+def test_search_with_rerank(index, models):
+    searcher = Searcher(str(index[0]), reranker=str(models["rerank"]))
+    plain = searcher.search("a red circle moves up", k=3)["hits"]
+    hits = searcher.search("a red circle moves up", k=3, rerank=True)["hits"]
+    assert sorted(h["video"] for h in hits) == sorted(h["video"] for h in plain)
+    assert [h["rerank_score"] for h in hits] == sorted((h["rerank_score"] for h in hits), reverse=True)
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    with pytest.raises(ValueError, match="level 'video'"):
+        searcher.search("a red circle", k=3, level="clip", rerank=True)
+
+
+def test_rerank_validation_reports_dual_and_reranked(models, tmp_path):
+    data = tmp_path / "data"
+    with ShardWriter(data, {"task": {"name": "retrieval"}, **FEATURIZATION}) as writer:
+        for i in range(24):
+            writer.add(caption_sample(i))
+    module = RerankModule(dual_encoder=str(models["retrieval"]), rerank_k=2, **SIZES)
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    metrics = trainer.validate(module, ShardDataModule(str(data), task="retrieval", batch_size=2), verbose=False)[0]
+    assert {"val/t2v_R@1", "val/dual_t2v_R@1", "val/t2v_MnR"} <= set(metrics)
+    assert 0 <= metrics["val/t2v_R@1"] <= 1
