@@ -26,7 +26,7 @@ from mmhsa import Hierarchy
 
 from .assemble import Sample
 
-__all__ = ["ShardDataset", "ShardWriter", "config_hash", "read_failures"]
+__all__ = ["ShardDataset", "ShardWriter", "atomic_write", "config_hash", "file_sha256", "read_failures"]
 
 MANIFEST, FAILURES = "manifest.json", "failures.jsonl"
 FORMAT_VERSION = 1
@@ -37,7 +37,8 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -46,7 +47,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -148,7 +149,7 @@ class ShardWriter:
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
             torch.save(records, tmp)
             os.replace(tmp, path)
-            self.shards.append({"file": path.name, "samples": len(records), "sha256": _sha256(path),
+            self.shards.append({"file": path.name, "samples": len(records), "sha256": file_sha256(path),
                                 "ids": [s.id for s in self.buffer],
                                 "leaves": {m: int(sum(s.features[m].shape[0] for s in self.buffer if m in s.features))
                                            for m in sorted({m for s in self.buffer for m in s.features})},
@@ -156,8 +157,8 @@ class ShardWriter:
             self.done_ids.update(s.id for s in self.buffer)
             self.buffer = []
         lines = "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in self.failures.values())
-        _atomic_write(self.dir / FAILURES, lines.encode("utf-8"))
-        _atomic_write(self.dir / MANIFEST, json.dumps(self.manifest(), indent=1).encode("utf-8"))
+        atomic_write(self.dir / FAILURES, lines.encode("utf-8"))
+        atomic_write(self.dir / MANIFEST, json.dumps(self.manifest(), indent=1).encode("utf-8"))
 
     def manifest(self) -> dict:
         import mmhsa
@@ -222,7 +223,7 @@ class ShardDataset(torch.utils.data.Dataset):
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: shard listed in {self.dir / MANIFEST} is missing (prepare the "
                                         "dataset again into an empty directory)")
-            actual = _sha256(path)
+            actual = file_sha256(path)
             if actual != info["sha256"]:
                 raise ValueError(f"{path}: checksum {actual[:12]} does not match the manifest's {info['sha256'][:12]}")
             self._cached = (s, torch.load(path, weights_only=True))

@@ -20,7 +20,6 @@ writes its own shards.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -36,6 +35,7 @@ from torch.utils.data import DataLoader
 
 from data_prep.datasets import VIDEO_EXTENSIONS
 from data_prep.featurize import VIDEO_ERRORS
+from data_prep.shards import atomic_write, file_sha256
 
 from .inference import Model, embed_videos, load_model
 
@@ -46,23 +46,6 @@ FORMAT = 1
 
 class IndexMismatch(ValueError):
     """An index that cannot be used as asked (another model version, not an index, ...)."""
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def list_videos(sources: Sequence[str | Path]) -> list[Path]:
@@ -150,7 +133,7 @@ class Index:
             problem = None
             if not shard.is_file():
                 problem = "shard file missing"
-            elif shard.stat().st_size != record["bytes"] or _sha256(shard) != record["sha256"]:
+            elif shard.stat().st_size != record["bytes"] or file_sha256(shard) != record["sha256"]:
                 problem = "checksum mismatch"
             if problem:
                 index.corrupt.append(f"{shard.name}: {problem}")
@@ -250,10 +233,10 @@ class IndexWriter(BasePredictionWriter):
         tmp = shard.with_name(f".{shard.name}.tmp")
         torch.save(data, tmp)
         os.replace(tmp, shard)
-        record = {"shard": shard.name, "sha256": _sha256(shard), "bytes": shard.stat().st_size,
+        record = {"shard": shard.name, "sha256": file_sha256(shard), "bytes": shard.stat().st_size,
                   "rank": trainer.global_rank, "created": time.time(), "videos": prediction["videos"],
                   "failures": prediction["failures"]}
-        _atomic_write(shard.with_suffix(".json"), json.dumps(record, indent=1).encode())
+        atomic_write(shard.with_suffix(".json"), json.dumps(record, indent=1).encode())
         self.written["videos"] += len(prediction["videos"])
         self.written["clips"] += len(data["clip_times"])
         self.written["failures"] += len(prediction["failures"])
@@ -275,7 +258,7 @@ def _open_or_create(root: Path, model: Model) -> Index:
     else:
         root.mkdir(parents=True, exist_ok=True)
         if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-            _atomic_write(path, json.dumps(manifest, indent=1).encode())
+            atomic_write(path, json.dumps(manifest, indent=1).encode())
     return Index.open(root, set_aside=True) if path.is_file() else Index(root, manifest)
 
 
@@ -311,7 +294,7 @@ def build_index(sources: Sequence[str | Path], out: str | Path, *, checkpoint: s
         if trainer.global_rank != 0:
             return report
     final = Index.open(root)
-    _atomic_write(root / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in final.failures).encode())
+    atomic_write(root / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in final.failures).encode())
     seconds = time.perf_counter() - started
     report.update(written=writer.written, indexed_total=len(final.videos), clips_total=len(final.clip_vectors),
                   failed=[f["path"] for f in final.failures], seconds=round(seconds, 1),

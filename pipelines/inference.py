@@ -10,7 +10,6 @@ records it, and searching that index with another model fails with both named.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -20,6 +19,7 @@ import torch
 
 from data_prep.assemble import ClipLeaves, Limits, TextLeaves, assemble
 from data_prep.featurize import Stages, TextFeaturizer, VideoConfig, VideoFeaturizer
+from data_prep.shards import file_sha256
 from data_prep.text import split_sentences
 from mmhsa.encoders.frames import PatchEncoderConfig
 from mmhsa.encoders.text import TextEncoderConfig
@@ -103,11 +103,7 @@ class Model:
 
 
 def file_version(path: Path, class_name: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return f"{class_name}:{digest.hexdigest()[:16]}"
+    return f"{class_name}:{file_sha256(path)[:16]}"
 
 
 def load_model(checkpoint: str | Path | None, task: str, *, prepared: str | Path | None = None,
