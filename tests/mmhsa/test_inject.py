@@ -1,6 +1,7 @@
 """Zero-shot HSA inside pretrained transformers: the real MiniLM-L6, tiny random timm and open_clip ViTs."""
 
 import copy
+import sys
 
 import pytest
 import torch
@@ -293,3 +294,25 @@ def test_causal_text_tower_is_refused_at_forward():
                                                  output_dim=8)
     with hsa_attention(text, [0], flat_hierarchy), pytest.raises(ValueError, match="causal text tower"):
         text(torch.randint(0, 50, (2, 8)))
+
+
+# ------------------------------------------------------------------ the benchmark
+def test_bench_inject_smoke(tmp_path, monkeypatch):
+    """`make bench-inject ARGS=--quick` on three short texts: the table's numbers land in the JSON."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_inject.py"
+    spec = importlib.util.spec_from_file_location("bench_inject", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_inject", bench)  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    result = bench.main(["--quick", "--texts", "3", "--max-tokens", "200", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "fidelity_vs_flops.png").exists()
+    assert [r["hierarchy"] for r in saved["text"]] == ["windows", "sentences"]
+    for row in saved["text"]:
+        assert row["layers"] == [4, 5] and 0.5 < row["cos_mean"] <= 1 and 0.8 < row["saved"] < 1
+    assert saved["meta"]["texts"] == 3 and 128 <= saved["meta"]["tokens"]["min"] <= saved["meta"]["tokens"]["max"] <= 200
+    assert saved == json.loads(json.dumps(result))
