@@ -29,15 +29,23 @@ class HierarchicalEncoder(nn.Module):
         input_dims: feature width per modality, in modality-id order (e.g. {"video": 1280, "text": 384}).
         dim, depth, heads, mlp_ratio, dropout: transformer sizes.
         path_positions: add :class:`~mmhsa.nn.PathEmbedding` (absolute leaf positions) to the inputs.
+        content_position: also add ``content * g(position)`` per leaf, g a small MLP of the path
+            embedding. Node statistics are leaf-means; with only ``content + position`` a clip's mean
+            keeps what is in it and where on average, never *where when* (motion: the object's place
+            late minus early). The product makes those means linear in the content at each
+            (time, place), which is exactly what a linear read-out of motion needs.
         **attention: passed to every :class:`~mmhsa.nn.HSAAttention` (pos_dim, keys, include_self,
             qk_norm, backend).
     """
 
     def __init__(self, input_dims: dict[str, int], dim: int = 256, depth: int = 4, heads: int = 4,
-                 mlp_ratio: float = 4.0, dropout: float = 0.0, path_positions: bool = True, **attention):
+                 mlp_ratio: float = 4.0, dropout: float = 0.0, path_positions: bool = True,
+                 content_position: bool = False, **attention):
         super().__init__()
         self.modalities = list(input_dims)
         self.path = PathEmbedding(dim, attention.get("keys", ())) if path_positions else None
+        self.where = (nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+                      if path_positions and content_position else None)
         self.adapters = nn.ModuleDict({m: nn.Linear(c, dim) for m, c in input_dims.items()})
         self.blocks = nn.ModuleList(
             HTEBlock(dim, heads, mlp_ratio, dropout, modalities=len(input_dims), **attention) for _ in range(depth)
@@ -61,7 +69,8 @@ class HierarchicalEncoder(nn.Module):
         if x is None:
             raise ValueError("no leaves of a known modality")
         if self.path is not None:
-            x = x + self.path(hierarchy).to(x.dtype)
+            path = self.path(hierarchy).to(x.dtype)
+            x = x + path if self.where is None else x + path + x * self.where(path)
         for block in self.blocks:
             x = block(x, hierarchy, leaf_modality)
         return self.norm(x)

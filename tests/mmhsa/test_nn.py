@@ -102,3 +102,19 @@ def test_path_embedding_sums_the_positions_on_the_way_to_the_root():
     assert (out[0] - out[4]).abs().max() > 1e-3 and (out[0] - out[1]).abs().max() > 1e-3
     out.sum().backward()
     assert path.nodes.index.weight.grad.abs().sum() > 0 and path.nodes.grid.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("content_position", [False, True])
+def test_content_position_lets_node_means_see_where_things_are(content_position):
+    """Moving an object to another cell keeps the frame's leaf-mean with content + position inputs, and
+    changes it with the content x position term (what motion read-outs need)."""
+    torch.manual_seed(0)
+    frame = Hierarchy.regular([(2, 2)])  # one frame, a 2x2 grid of patches
+    enc = HierarchicalEncoder({"video": 6}, dim=8, depth=0, heads=2, pos_dim=0, content_position=content_position)
+    enc.norm = torch.nn.Identity()  # compare the inputs' means themselves
+    background, thing = torch.zeros(6), torch.randn(6)
+    left = torch.stack([thing, background, background, background])
+    right = torch.stack([background, background, background, thing])
+    modality = torch.zeros(4, dtype=torch.long)
+    means = [enc({"video": x}, modality, frame).mean(0) for x in (left, right)]
+    assert torch.allclose(means[0], means[1], atol=1e-6) != content_position
