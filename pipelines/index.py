@@ -103,6 +103,12 @@ class Index:
         return self.manifest["model"]["version"]
 
     @property
+    def clip_ptr(self) -> torch.Tensor:
+        """[V + 1]: video v's clips are rows ``clip_ptr[v]:clip_ptr[v + 1]`` (shards keep a video's clips
+        together and in video order)."""
+        return torch.searchsorted(self.clip_video, torch.arange(len(self.videos) + 1))
+
+    @property
     def indexed(self) -> set[str]:
         return {v["path"] for v in self.videos}
 

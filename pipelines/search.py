@@ -97,19 +97,18 @@ class Searcher:
         q, dropped = self.embed([query])
         if not len(ix.videos):
             return {"query": query, "level": level, "dropped": dropped[0], "hits": []}
-        video_scores = (ix.video_vectors @ q[0]).tolist()
-        clip_scores = ix.clip_vectors @ q[0]
+        clip_scores = ix.clip_vectors @ q[0]  # [C]: every hit needs its video's best clip
+        ptr = ix.clip_ptr
         hits = []
         if level == "video":
             scores, rows = top_k(q, ix.video_vectors, k)
             for score, v in zip(scores[0].tolist(), rows[0].tolist()):
-                mine = torch.nonzero(ix.clip_video == v).flatten()
-                c = int(mine[clip_scores[mine].argmax()])
-                hits.append(self._hit(len(hits) + 1, score, v, c, clip_scores, video_scores))
+                c = int(ptr[v] + clip_scores[ptr[v]:ptr[v + 1]].argmax())
+                hits.append(self._hit(len(hits) + 1, score, v, c, clip_scores, q[0], ptr))
         else:
             scores, rows = top_k(q, ix.clip_vectors, k)
             for score, c in zip(scores[0].tolist(), rows[0].tolist()):
-                hits.append(self._hit(len(hits) + 1, score, int(ix.clip_video[c]), c, clip_scores, video_scores))
+                hits.append(self._hit(len(hits) + 1, score, int(ix.clip_video[c]), c, clip_scores, q[0], ptr))
         if rerank:
             hits = self._rerank(query, hits)
         return {"query": query, "level": level, "dropped": dropped[0], "hits": hits}
@@ -139,10 +138,10 @@ class Searcher:
             hit["rank"] = rank
         return ordered
 
-    def _hit(self, rank: int, score: float, v: int, c: int, clip_scores: torch.Tensor, video_scores: list) -> dict:
+    def _hit(self, rank: int, score: float, v: int, c: int, clip_scores: torch.Tensor, query: torch.Tensor,
+             ptr: torch.Tensor) -> dict:
         ix = self.index
-        first = int(torch.nonzero(ix.clip_video == v).flatten()[0])
         start, end = ix.clip_times[c].tolist()
-        return {"rank": rank, "score": round(score, 4), "video": ix.videos[v]["path"], "clip": c - first,
+        return {"rank": rank, "score": round(score, 4), "video": ix.videos[v]["path"], "clip": c - int(ptr[v]),
                 "start": round(start, 2), "end": round(end, 2), "clip_score": round(float(clip_scores[c]), 4),
-                "video_score": round(video_scores[v], 4)}
+                "video_score": round(float(ix.video_vectors[v] @ query), 4)}
