@@ -15,14 +15,15 @@ from typing import Callable, Iterator, Sequence
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Sampler
 
 from data_prep.assemble import MODALITIES, Sample
 from data_prep.shards import ShardDataset
 from mmhsa import Hierarchy
 
-__all__ = ["Batch", "RetrievalBatch", "ShardDataModule", "SizeBucketSampler", "Trees", "collate", "retrieval_collate",
-           "sample_part"]
+__all__ = ["Batch", "ResumableDataLoader", "RetrievalBatch", "ShardDataModule", "SizeBucketSampler", "Trees",
+           "collate", "retrieval_collate", "sample_part"]
 
 
 class Trees:
@@ -130,11 +131,16 @@ def retrieval_collate(samples: Sequence[Sample]) -> RetrievalBatch:
 
 class SizeBucketSampler(Sampler[list[int]]):
     """Batches of similar-size samples: shuffle (seed + epoch), sort within windows of
-    ``batch_size * window`` by size, cut into batches, shuffle the batches."""
+    ``batch_size * window`` by size, cut into batches, shuffle the batches.
+
+    Resumable mid-epoch: an iteration leaves out the first batches of its epoch's order that were already
+    trained on. Their count comes from ``progress_source`` when there is one (read when the first batch is
+    asked for; the trainer's count, see :meth:`ShardDataModule._loader`), else from :meth:`load_state_dict`.
+    """
 
     def __init__(self, sizes: Sequence[int], batch_size: int, shuffle: bool = True, seed: int = 0,
                  window: int = 50, drop_last: bool = False, epoch_source: Callable[[], int] | None = None,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, progress_source: Callable[[], int] | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.sizes, self.batch_size, self.shuffle = list(sizes), batch_size, shuffle
@@ -142,12 +148,17 @@ class SizeBucketSampler(Sampler[list[int]]):
         # Where the epoch is read when iteration starts (the trainer's): a run resumed from a checkpoint
         # does not get set_epoch() before its first epoch, and would replay epoch 0's order.
         self.epoch_source = epoch_source
+        # Where the batches of this epoch already trained on are counted (the trainer's progress): 0 as an
+        # epoch starts, the restored count when a run resumes from a checkpoint saved mid-epoch.
+        self.progress_source = progress_source
         # Distributed: every rank computes the same batches (same seed and epoch) and takes every
         # world_size-th. Training pads the list so that all ranks take as many steps (DDP syncs each
         # one); evaluation does not, so that no sample is counted twice.
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
         self.rank, self.world_size = rank, world_size
+        self._handed_out = 0  # batches of the current epoch handed out (or left out on resume) by the iterator
+        self._resume: tuple[int, int] | None = None  # (epoch, batches done) from load_state_dict, used once
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -175,15 +186,65 @@ class SizeBucketSampler(Sampler[list[int]]):
             batches = batches + batches[: (-len(batches)) % self.world_size]
         return batches[self.rank::self.world_size]
 
+    def _done(self) -> int:
+        """Batches of this epoch's order (this rank's) to leave out: already trained on."""
+        resume, self._resume = self._resume, None
+        if self.progress_source is not None:
+            return int(self.progress_source())
+        if resume is not None and resume[0] == self.epoch:
+            return resume[1]
+        return 0
+
     def __iter__(self) -> Iterator[list[int]]:
-        # A generator: the epoch is read when the first batch is asked for, not when the loader's
-        # iterator is made (Lightning makes it before a resumed run's epoch counter is restored).
+        # A generator: the epoch and the progress are read when the first batch is asked for, not when the
+        # loader's iterator is made (Lightning makes it before a resumed run's counters are restored).
         if self.epoch_source is not None:
             self.epoch = self.epoch_source()
-        yield from self._rank_batches()
+        batches = self._rank_batches()
+        self._handed_out = done = min(self._done(), len(batches))
+        for batch in batches[done:]:
+            self._handed_out += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training is: the epoch (of the order being iterated) and how many of its batches (this rank's)
+        are done: the trainer's count, or without one, how many the iterator has handed out."""
+        done = self.progress_source() if self.progress_source is not None else self._handed_out
+        return {"epoch": int(self.epoch), "batches": int(done)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from :meth:`state_dict`: the next iteration, if over the same epoch, starts after its batches
+        done. With a ``progress_source`` this is the trainer's to say and ``state`` is not used."""
+        if state:
+            self._resume = (int(state["epoch"]), int(state["batches"]))
 
     def __len__(self) -> int:
         return len(self._rank_batches())
+
+
+class ResumableDataLoader(DataLoader):
+    """The training loader: resumable mid-epoch, and iterated only once a batch is asked for.
+
+    ``state_dict``/``load_state_dict`` (those of the batch sampler) are Lightning's interface for a
+    resumable loader: it stores the state in every checkpoint with the fit loop's progress, and on a
+    mid-epoch restart counts the batches done before the checkpoint as already fetched, expecting the loader
+    to yield only the rest. Lightning 2.6 calls ``load_state_dict`` only if the train loader is first built
+    after the checkpoint is restored, which ``trainer.estimated_stepping_batches`` in ``configure_optimizers``
+    prevents (Lightning issue #20550); the :class:`SizeBucketSampler` therefore takes the count from the
+    trainer's restored progress, which is the same number.
+
+    Iteration is deferred to the first batch, so that with worker processes too (they ask the sampler for
+    batches as soon as they start) the sampler reads the epoch and progress of the restored trainer.
+    """
+
+    def __iter__(self):
+        yield from super().__iter__()
+
+    def state_dict(self) -> dict:
+        return self.batch_sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.load_state_dict(state)
 
 
 class ShardDataModule(pl.LightningDataModule):
@@ -225,15 +286,32 @@ class ShardDataModule(pl.LightningDataModule):
             raise ValueError(f"{self.data_dir}: no samples in split {split!r} (have {sorted(self.splits)})")
         samples = self.splits[split]
         trainer = self.trainer
+        progress_source = None
+        if trainer is not None and train:
+            def progress() -> int:
+                """Batches of the current epoch trained on, as the trainer counts them (0 outside fitting).
+
+                As an epoch's first batch is asked for: 0, or resuming mid-epoch, the restored count (which
+                Lightning's loop takes as already fetched). ``processed``: in on_train_batch_end, where
+                ModelCheckpoint(every_n_train_steps) saves, it counts the batch just trained (``completed`` not
+                yet; Lightning's restore adds that batch to it). Not the sampler's own count: loader workers
+                ask for batches ahead of training.
+                """
+                if trainer.state.fn != TrainerFn.FITTING or trainer.state.stage is None:
+                    return 0
+                return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+            progress_source = progress
         sampler = SizeBucketSampler([s.hierarchy.num_leaves for s in samples], self.batch_size, shuffle=train,
                                     seed=self.seed, epoch_source=(lambda: trainer.current_epoch) if trainer else None,
                                     rank=trainer.global_rank if trainer else 0,
-                                    world_size=trainer.world_size if trainer else 1)
+                                    world_size=trainer.world_size if trainer else 1, progress_source=progress_source)
         # Its own generator: creating a loader iterator draws a seed, and from the global stream that draw
         # would shift dropout between an interrupted-and-resumed run and an uninterrupted one.
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(samples, batch_sampler=sampler, num_workers=self.num_workers, generator=generator,
-                          collate_fn=retrieval_collate if self.task == "retrieval" else collate)
+        loader = ResumableDataLoader if train else DataLoader
+        return loader(samples, batch_sampler=sampler, num_workers=self.num_workers, generator=generator,
+                      collate_fn=retrieval_collate if self.task == "retrieval" else collate)
 
     def state_dict(self) -> dict:
         """Saved in every checkpoint: how the data was prepared, so a trained model can featurize new

@@ -122,25 +122,28 @@ class FusionModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._evaluate("test")
 
-    # Resuming must continue the random streams (dropout) where the interrupted run was.
+    # Resuming must continue the random streams (dropout) where the interrupted run was: the states are taken
+    # when the checkpoint is saved (mid-epoch: right after that step), and under DDP each rank's, since each
+    # draws dropout masks of its own batches' sizes and the streams part after the first step.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        import torch.distributed as dist
+
         checkpoint["mmhsa_class"] = f"{type(self).__module__}.{type(self).__qualname__}"  # for inference loading
-        kind, keys, position, has_gauss, gauss = np.random.get_state()
-        checkpoint["rng_states"] = {  # plain types and tensors: checkpoints load with weights_only=True
-            "torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss)],
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
+        states = _rng_states()
+        checkpoint["rng_states"] = states
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # every rank saves a checkpoint's contents (rank 0 writes them), so all take part in this
+            everyone: list = [None] * dist.get_world_size()
+            dist.all_gather_object(everyone, states)
+            checkpoint["rng_states_per_rank"] = everyone
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         states = checkpoint.get("rng_states")
+        per_rank, trainer = checkpoint.get("rng_states_per_rank"), self._trainer
+        if per_rank and trainer is not None and len(per_rank) == trainer.world_size:
+            states = per_rank[trainer.global_rank]  # (another world size: rank 0's states everywhere)
         if states:
-            torch.set_rng_state(states["torch"])
-            kind, keys, position, has_gauss, gauss = states["numpy"]
-            np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
-            random.setstate(states["python"])
-            if states["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(states["cuda"])
+            _set_rng_states(states)
 
     def configure_optimizers(self):
         decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "embedding" not in n]
@@ -157,6 +160,23 @@ class FusionModule(pl.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _rng_states() -> dict:
+    """This process's random states, as plain types and tensors (checkpoints load with weights_only=True)."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss)],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    random.setstate(states["python"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def mlp(inputs: int, hidden: int, outputs: int, dropout: float = 0.0) -> nn.Sequential:

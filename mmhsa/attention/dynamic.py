@@ -132,7 +132,16 @@ def hsa_torch(
     """HSA output by the dynamic program. Shapes as :func:`mmhsa.hsa`: q, k [N,H,D], v [N,H,Dv] -> [N,H,Dv].
 
     ``family_pass`` computes step 2 (the Triton backend passes its kernels here).
+
+    Under autocast (``bf16-mixed`` training) the operator keeps its own precision policy (fp32 accumulation,
+    output in the dtype of ``v``): autocast is off inside. Otherwise autocast would run its matmuls in
+    bf16/fp16 next to the fp32 accumulators, and the family attention's backward, which runs outside
+    autocast, would meet fp32 and bf16 operands in one matmul (an error).
     """
+    if torch.is_autocast_enabled(q.device.type):
+        with torch.autocast(q.device.type, enabled=False):
+            return hsa_torch(q, k, v, hierarchy, pos=pos, include_self=include_self, scale=scale,
+                             family_pass=family_pass)
     t, pos = check_inputs(q, k, v, hierarchy, pos, scale)
     plan = hierarchy.plan
     levels = plan.num_levels
