@@ -260,11 +260,13 @@ class ShardDataModule(pl.LightningDataModule):
         num_workers: loader worker processes.
         seed: shuffling seed (the epoch is added, so runs are reproducible and epochs differ).
         limit: use only the first ``limit`` samples of each split (quick runs, tests); None: all.
+        predict_split: the split ``mmhsa predict`` runs on.
     """
 
     def __init__(self, data_dir: str, task: str = "qa", batch_size: int = 16, num_workers: int = 0, seed: int = 0,
-                 limit: int | None = None):
+                 limit: int | None = None, predict_split: str = "test"):
         super().__init__()
+        self.predict_split = predict_split
         if task not in ("qa", "retrieval"):
             raise ValueError(f"task must be 'qa' or 'retrieval', got {task!r}")
         self.data_dir, self.task, self.batch_size = Path(data_dir), task, batch_size
@@ -334,3 +336,6 @@ class ShardDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_split, train=False)

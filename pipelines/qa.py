@@ -87,6 +87,17 @@ class QAModule(FusionModule):
         self.log("train/loss", loss, batch_size=len(batch), prog_bar=True)
         return loss
 
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict]:
+        """One row per question: id, type, candidate scores (log-probabilities), predicted and true answer."""
+        log_p = self(batch).float().log_softmax(-1)
+        rows = []
+        for b, meta in enumerate(batch.meta):
+            scores = log_p[b][torch.isfinite(log_p[b])]
+            rows.append({"id": batch.ids[b], "type": meta.get("type", ""), "question": meta.get("question"),
+                         "candidates": meta.get("candidates"), "scores": [round(x, 5) for x in scores.tolist()],
+                         "predicted": int(scores.argmax()), "answer": meta.get("answer")})
+        return rows
+
     # ------------------------------------------------------------------ evaluation
     def _collect(self, batch: Batch) -> None:
         scores = self(batch)

@@ -28,7 +28,7 @@ from .inference import DEFAULT_CHECKPOINTS
 RECIPES = {"retrieval": "configs/retrieval_synthetic.yaml", "qa": "configs/qa_synthetic.yaml",
            "rerank": "configs/rerank_synthetic.yaml"}
 MIXERS = {"hsa": "HSA", "flat": "FSA (flat)", "mean": "mean pool"}
-COLUMNS = {"retrieval": ["t2v_R@1", "t2v_R@5", "t2v_R@10", "v2t_R@1", "v2t_R@5", "v2t_R@10"],
+COLUMNS = {"retrieval": ["t2v_R@1", "t2v_R@5", "t2v_R@10", "v2t_R@1", "v2t_R@5", "v2t_R@10", "forward_vs_reversed"],
            "qa": ["acc", "acc_direction", "acc_colour_after", "acc_next", "acc_previous"],
            "rerank": ["dual_t2v_R@1", "t2v_R@1", "t2v_R@5", "t2v_R@10"]}
 

@@ -20,10 +20,12 @@ from ..hierarchy import DOMAINS, Hierarchy
 __all__ = ["PathEmbedding", "PositionEncoder", "sinusoid"]
 
 
-def sinusoid(x: torch.Tensor, features: int, max_period: float) -> torch.Tensor:
-    """[...] coordinates -> [..., features] sin/cos at geometric frequencies up to ``max_period``."""
+def sinusoid(x: torch.Tensor, features: int, max_period: float, min_period: float = 1.0) -> torch.Tensor:
+    """[...] coordinates -> [..., features] sin/cos at geometric frequencies from 1/min_period to 1/max_period
+    (radians per unit)."""
     half = features // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    steps = torch.arange(half, device=x.device, dtype=torch.float32) / half
+    freqs = torch.exp(-math.log(min_period) - math.log(max_period / min_period) * steps)
     angles = x.float()[..., None] * freqs
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
@@ -37,23 +39,30 @@ class PositionEncoder(nn.Module):
         keys: the vocabulary of named keys ("video", "question", "answer_0", ...); a hierarchy key
             outside it raises ``ValueError`` naming it.
         features: sinusoidal features per coordinate.
-        max_index: longest period for index and grid coordinates; ``max_seconds`` for time.
+        max_index: longest period for index and grid coordinates; ``max_seconds`` for time;
+            ``min_seconds`` the shortest period for time.
+        relative_time: time as seconds since the node's first sibling (a frame's place in its clip),
+            not since the start of the video.
+        init_std: the maps' initial weights' standard deviation (None: PyTorch's default for linear layers).
     """
 
     def __init__(self, heads: int, dim: int, keys: Sequence[str] = (), features: int = 16,
-                 max_index: float = 1000.0, max_seconds: float = 3600.0):
+                 max_index: float = 1000.0, max_seconds: float = 3600.0, min_seconds: float = 1.0,
+                 relative_time: bool = False, init_std: float | None = 0.02):
         super().__init__()
         self.heads, self.dim, self.features = heads, dim, features
-        self.max_index, self.max_seconds = max_index, max_seconds
+        self.max_index, self.max_seconds, self.min_seconds = max_index, max_seconds, min_seconds
+        self.relative_time = relative_time
         self.keys = {k: i for i, k in enumerate(keys)}
         out = heads * dim
         self.index = nn.Linear(features, out, bias=False)
         self.grid = nn.Linear(2 * features, out, bias=False)
         self.time = nn.Linear(features, out, bias=False)
         self.key = nn.Embedding(max(1, len(self.keys)), out)
-        for layer in (self.index, self.grid, self.time):
-            nn.init.normal_(layer.weight, std=0.02)
-        nn.init.normal_(self.key.weight, std=0.02)
+        if init_std is not None:
+            for layer in (self.index, self.grid, self.time):
+                nn.init.normal_(layer.weight, std=init_std)
+            nn.init.normal_(self.key.weight, std=init_std)
 
     def forward(self, hierarchy: Hierarchy) -> torch.Tensor:
         """pos: [M, H, C] (zeros for unordered sets and roots)."""
@@ -65,6 +74,8 @@ class PositionEncoder(nn.Module):
             if len(nodes) == 0:
                 continue
             c = coord[nodes]
+            if name == "time" and self.relative_time:
+                c = c - _first_sibling(hierarchy, nodes, c[:, 0])[:, None]
             if name == "index":
                 value = self.index(sinusoid(c[:, 0], self.features, self.max_index))
             elif name == "grid":
@@ -72,7 +83,7 @@ class PositionEncoder(nn.Module):
                                    sinusoid(c[:, 1], self.features, self.max_index)], -1)
                 value = self.grid(feats)
             elif name == "time":
-                value = self.time(sinusoid(c[:, 0], self.features, self.max_seconds))
+                value = self.time(sinusoid(c[:, 0], self.features, self.max_seconds, self.min_seconds))
             else:
                 value = self.key(self._key_ids(hierarchy, c[:, 0]))
             out = out.index_put((nodes,), value.to(out.dtype))
@@ -89,6 +100,15 @@ class PositionEncoder(nn.Module):
         return table[local.long()]
 
 
+def _first_sibling(hierarchy: Hierarchy, nodes: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Per node of ``nodes``, the smallest ``t`` among its siblings in ``nodes`` (a root: its own)."""
+    parent = hierarchy.parent[nodes]
+    group = torch.where(parent >= 0, parent, hierarchy.num_nodes + torch.arange(len(nodes), device=t.device))
+    first = t.new_full((hierarchy.num_nodes + len(nodes),), float("inf"))
+    first = first.scatter_reduce(0, group, t, "amin")
+    return first[group]
+
+
 class PathEmbedding(nn.Module):
     """Absolute leaf positions: the sum, over a leaf and all its ancestors, of a learned map of each
     node's position among its siblings ([N, dim]; e.g. patch (row, col) + frame time + clip time + key).
@@ -96,10 +116,17 @@ class PathEmbedding(nn.Module):
     HSA's ``e(A).e(B)`` only biases which siblings attend to each other; values carry no position. Added
     to the leaf inputs, this lets values say *where* a feature is (which frame, which cell), which
     motion and order need. The baselines (flat attention, mean pooling) get the same inputs.
+
+    Defaults chosen so that motion is learnable (measured: a clip-level direction read-out stayed at
+    chance with video-absolute times, 1 s shortest period and 0.02 initial weights): time is counted from
+    the first sibling (a frame's place in its clip, whatever the clip's start), periods reach down to
+    0.1 s (frames are ~0.1-1 s apart), and the maps start at the usual scale of a linear layer, so the
+    positions are as loud as the content from the first step.
     """
 
     def __init__(self, dim: int, keys: Sequence[str] = (), **position):
         super().__init__()
+        position = {"features": 32, "min_seconds": 0.1, "relative_time": True, "init_std": None, **position}
         self.nodes = PositionEncoder(1, dim, keys, **position)
 
     def forward(self, hierarchy: Hierarchy) -> torch.Tensor:

@@ -118,3 +118,28 @@ def test_content_position_lets_node_means_see_where_things_are(content_position)
     modality = torch.zeros(4, dtype=torch.long)
     means = [enc({"video": x}, modality, frame).mean(0) for x in (left, right)]
     assert torch.allclose(means[0], means[1], atol=1e-6) != content_position
+
+
+def test_relative_time_counts_from_the_first_sibling():
+    """Two clips whose frames sit at the same offsets from the clips' starts: with relative time the frames
+    get the same positions (a frame's place in its clip), with video-absolute time they do not."""
+    parent = [-1, 0, 1, 1, 1, 0, 5, 5, 5]  # video, clip, 3 frames, clip, 3 frames
+    coord = [[0, 0], [0, 0], [0.2, 0], [0.7, 0], [1.2, 0], [4, 0], [4.1, 0], [4.6, 0], [5.1, 0]]
+    h = Hierarchy.from_parents(parent, domains=["set"] + ["time"] * 8, coords=coord)
+    frames_a, frames_b = [2, 3, 4], [6, 7, 8]
+    torch.manual_seed(0)
+    relative = PositionEncoder(1, 8, relative_time=True, min_seconds=0.1)(h)
+    absolute = PositionEncoder(1, 8, min_seconds=0.1)(h)
+    torch.testing.assert_close(relative[frames_a], relative[frames_b])
+    torch.testing.assert_close(relative[1], relative[2])  # each clip's and each clip's first frame: offset 0
+    assert not torch.allclose(absolute[frames_a], absolute[frames_b])
+
+
+def test_sinusoid_periods():
+    from mmhsa.nn.position import sinusoid
+
+    x = torch.tensor([0.0, 0.05])
+    f = sinusoid(x, 8, max_period=100.0, min_period=0.1)  # frequencies 10, ..., 10 / 1000 ** (3 / 4) rad per unit
+    torch.testing.assert_close(f[1, 0], torch.sin(torch.tensor(0.5)))
+    torch.testing.assert_close(f[1, 3], torch.sin(torch.tensor(0.05 * 10 / 1000 ** 0.75)))
+    torch.testing.assert_close(sinusoid(x, 8, 100.0), sinusoid(x, 8, 100.0, 1.0))  # the default shortest period: 1

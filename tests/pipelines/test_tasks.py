@@ -1,6 +1,7 @@
 """The task modules and the Lightning CLI on tiny prepared datasets (random features, real shard files)."""
 
 import json
+import math
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -14,7 +15,7 @@ from pipelines.cli import main
 from pipelines.data import ShardDataModule, SizeBucketSampler, collate, retrieval_collate
 from pipelines.model import MODALITY_DIMS
 from pipelines.qa import QAModule
-from pipelines.retrieval import RetrievalModule
+from pipelines.retrieval import RetrievalModule, reverse_frames
 
 V, T = MODALITY_DIMS["video"], MODALITY_DIMS["text"]
 SPLITS = ["train"] * 6 + ["val", "test"]
@@ -77,6 +78,32 @@ def test_retrieval_collate_splits_videos_and_captions():
     assert batch.texts.hierarchy.kinds_of(batch.texts.hierarchy.tree_node_ptr[:-1]) == ["section"] * 6
     with pytest.raises(ValueError, match="retrieval needs 'video' and 'captions'"):
         retrieval_collate([qa_sample(0)])
+
+
+def test_reverse_frames_turns_each_clip_around_in_place():
+    batch = retrieval_collate([caption_sample(i) for i in range(3)])
+    videos = batch.videos
+    h, features = videos.hierarchy, videos.features["video"]
+    backwards = reverse_frames(videos)
+    assert backwards.hierarchy is h and torch.equal(backwards.leaf_modality, videos.leaf_modality)
+    frames = torch.nonzero(h.kind == h.kind_names.index("frame")).flatten().tolist()
+    for clip in torch.nonzero(h.kind == h.kind_names.index("clip")).flatten().tolist():
+        mine = [f for f in frames if int(h.parent[f]) == clip]
+        for a, b in zip(mine, mine[::-1]):  # frame a's leaves now hold frame b's patches, cell by cell
+            assert torch.equal(backwards.features["video"][h.leaf_start[a]:h.leaf_end[a]],
+                               features[h.leaf_start[b]:h.leaf_end[b]])
+    assert torch.equal(reverse_frames(backwards).features["video"], features)
+    with pytest.raises(ValueError, match="reverse_frames needs video trees"):
+        reverse_frames(batch.texts)
+
+
+def test_retrieval_with_reversed_negatives_trains():
+    torch.manual_seed(0)
+    model = RetrievalModule(dim=32, depth=1, heads=2, embed_dim=16, dropout=0.0, reversed_negatives=True)
+    batch = retrieval_collate([caption_sample(i) for i in range(4)])
+    loss = model.training_step(batch, 0)
+    loss.backward()
+    assert torch.isfinite(loss) and model.video_head.weight.grad.abs().sum() > 0
 
 
 def test_qa_scores_mask_missing_candidates():
@@ -172,7 +199,9 @@ def recipe(tmp_path, shards, task: str, interrupt: bool = False, every_n_steps: 
                                                  "mode": "max", "filename": "best-{epoch}"}},
                                   {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                                    "init_args": {"filename": "latest-{epoch}-{step}", "every_n_epochs": 1,
-                                                 "save_top_k": -1, "save_on_train_epoch_end": True}}]
+                                                 "save_top_k": -1, "save_on_train_epoch_end": True}},
+                                  {"class_path": "pipelines.predictions.PredictionWriter",
+                                   "init_args": {"output_dir": str(tmp_path / "run" / "predictions")}}]
                     + ([{"class_path": "tests.pipelines.test_tasks.Interrupt"}] if interrupt else [])
                     + ([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",  # mid-epoch, as the recipes
                          "init_args": {"filename": "step-{step}", "every_n_train_steps": every_n_steps,
@@ -195,6 +224,19 @@ def test_cli_fit_test_and_logs(tmp_path, shards, task):
     assert (tmp_path / "run" / "csv" / "version_0" / "metrics.csv").read_text().count("\n") > 1
     assert list((tmp_path / "run" / "tb").rglob("events.out.tfevents.*"))
     assert main(["test", "-c", config, "--ckpt_path", str(last)]) == 0
+    assert main(["predict", "-c", config, "--ckpt_path", str(last), "--data.predict_split", "val"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "predictions" / "predictions.jsonl").open()]
+    data = ShardDataModule(str(shards / task), task=task)
+    data.setup()
+    val = data.splits["val"]
+    if task == "qa":  # one row per question, its scores a distribution over its own candidates
+        assert sorted(r["id"] for r in rows) == sorted(s.id for s in val)
+        for r in rows:
+            assert abs(sum(math.exp(x) for x in r["scores"]) - 1) < 1e-4 and r["predicted"] == r["scores"].index(max(r["scores"]))
+    else:  # a unit embedding per video and per caption
+        assert sorted(r["id"] for r in rows if r["kind"] == "video") == sorted(s.id for s in val)
+        assert sum(r["kind"] == "caption" for r in rows) == 2 * len(val)
+        assert all(abs(sum(x * x for x in r["embedding"]) - 1) < 1e-4 for r in rows)
 
 
 def test_cli_print_config(tmp_path, shards, capsys):
