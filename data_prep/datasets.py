@@ -6,7 +6,8 @@
   split): one :class:`QAItem` per question.
 - A generic folder of videos with a JSONL file (``{"video": "rel/path.mp4", "captions": [...],
   "question": ..., "candidates": [...], "answer": k, "split": ..., "subtitles": "rel/path.srt" or
-  "transcript": "text"}`` per line; subtitles and transcripts become the sample's ``transcript``).
+  "transcript": "text"}`` per line; subtitles and transcripts become the sample's ``transcript``). A
+  question without "candidates" is open-ended: its "answer" is the answer's text.
 
 Readers return ``(items, problems)``: a row that names a missing video, or is malformed, becomes a
 problem ``(item id, message)`` and the rest is read; a missing or unreadable annotation file raises.
@@ -39,7 +40,8 @@ class CaptionItem:
 
 @dataclass
 class QAItem:
-    """A multiple-choice question about a video."""
+    """A question about a video: multiple choice (``candidates``, ``answer`` their index) or open-ended
+    (no candidates, ``answer`` -1, ``answer_text`` the answer)."""
 
     id: str
     video: Path
@@ -49,6 +51,11 @@ class QAItem:
     type: str
     split: str
     meta: dict = field(default_factory=dict)
+    answer_text: str = ""
+
+    def __post_init__(self):
+        if self.candidates and not self.answer_text and 0 <= self.answer < len(self.candidates):
+            self.answer_text = self.candidates[self.answer]
 
 
 Problems = list[tuple[str, str]]
@@ -176,7 +183,14 @@ def read_jsonl_folder(folder: str | Path, annotations: str = "annotations.jsonl"
                     raise ValueError(f"subtitles file {row['subtitles']!r} not found")
             elif "transcript" in row:
                 meta["transcript"] = str(row["transcript"])
-            if "question" in row:
+            if "question" in row and "candidates" not in row:  # open-ended: the answer is a text
+                answer_text = str(row.get("answer", "")).strip()
+                if not str(row["question"]).strip() or not answer_text:
+                    raise ValueError("an open-ended question (no 'candidates') needs a non-empty question and "
+                                     "answer text")
+                items.append(QAItem(item_id, path, str(row["question"]).strip(), [], -1, str(row.get("type", "")),
+                                    split, meta, answer_text))
+            elif "question" in row:
                 candidates = [str(c) for c in row["candidates"]]
                 answer = int(row.get("answer", -1))
                 if not str(row["question"]).strip() or not candidates or not all(c.strip() for c in candidates):

@@ -208,7 +208,7 @@ class _Preparer:
             for k, candidate in enumerate(item.candidates):
                 texts[f"answer_{k}"] = self.text([split_sentences(candidate)])
             meta = {**common, "question": item.question, "candidates": list(item.candidates), "answer": item.answer,
-                    "type": item.type}
+                    "answer_text": item.answer_text, "type": item.type}
         return assemble(item.id, video=clips, texts=texts, limits=self.config.limits, meta=meta)
 
     # -------------------------------------------------------------- driver

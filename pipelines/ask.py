@@ -1,6 +1,7 @@
-"""``mmhsa ask``: multiple-choice questions about videos with a trained QA model.
+"""``mmhsa ask``: questions about videos with a trained QA model.
 
-One question (``mmhsa ask VIDEO "question" --choices "a" "b" ...``) or a NExT-QA CSV of them
+One question (``mmhsa ask VIDEO "question" --choices "a" "b" ...``; an open-ended model answers from its
+vocabulary, without choices) or a NExT-QA CSV of them (multiple-choice models)
 (``mmhsa ask --csv questions.csv --videos DIR``; each video is featurized once for all its questions).
 Each video goes through the featurization the model was trained with; each question becomes the
 joint tree of training (video, question, answer_0..answer_K-1) and the model scores every choice.
@@ -42,6 +43,7 @@ class Asker:
 
     def __init__(self, checkpoint: str | None = None, prepared: str | None = None, device: str = "cpu"):
         self.model: Model = load_model(checkpoint, "qa", prepared=prepared, device=device)
+        self.vocabulary: list[str] | None = getattr(self.model.module, "vocabulary", None)  # open-ended
 
     def clips(self, video: str | Path) -> list[ClipLeaves]:
         """The video's clips, featurized as in training (clips subsampled to the model's limit).
@@ -65,7 +67,11 @@ class Asker:
         """The joint tree of one question (what the QA model was trained on)."""
         if not question.strip():
             raise ValueError(f"{sample_id}: empty question")
-        if not 2 <= len(choices) <= MAX_CHOICES:
+        if self.vocabulary is not None:
+            if choices:
+                raise ValueError(f"{sample_id}: this model is open-ended (answers from its vocabulary of "
+                                 f"{len(self.vocabulary)}); ask without choices")
+        elif not 2 <= len(choices) <= MAX_CHOICES:
             raise ValueError(f"{sample_id}: give 2 to {MAX_CHOICES} choices, got {len(choices)}")
         empty = [i for i, c in enumerate(choices) if not c.strip()]
         if empty:
@@ -82,9 +88,15 @@ class Asker:
         module = self.model.module
         return module(collate(samples).to(module.device)).softmax(-1).float().cpu()
 
-    def ask(self, video: str | Path, question: str, choices: list[str]) -> dict:
-        """Answer one question: {"video", "question", "choices", "probabilities", "answer", "answer_text"}."""
-        probabilities = self.scores([self.sample(self.clips(video), question, choices)])[0, :len(choices)]
+    def ask(self, video: str | Path, question: str, choices: list[str] | None = None) -> dict:
+        """Answer one question: {"video", "question", "choices", "probabilities", "answer", "answer_text"};
+        open-ended, the choices are the model's five most likely answers."""
+        choices = list(choices or [])
+        probabilities = self.scores([self.sample(self.clips(video), question, choices)])[0]
+        if self.vocabulary is not None:
+            best = probabilities.topk(min(5, len(self.vocabulary)))
+            choices, probabilities = [self.vocabulary[int(i)] for i in best.indices], best.values
+        probabilities = probabilities[:len(choices)]
         best = int(probabilities.argmax())
         return {"video": str(video), "question": question, "choices": choices,
                 "probabilities": [round(p, 4) for p in probabilities.tolist()], "answer": best,
@@ -96,6 +108,9 @@ class Asker:
         Returns:
             predictions (id, video, type, answer, predicted, probabilities) and failures (id, video, error).
         """
+        if self.vocabulary is not None:
+            raise ValueError("labelled questions (NExT-QA CSV) are multiple choice: use a multiple-choice model, "
+                             "not an open-ended one")
         by_video: dict[Path, list[QAItem]] = defaultdict(list)
         for item in items:
             by_video[item.video].append(item)

@@ -84,7 +84,7 @@ def _inference_parsers(sub) -> None:
     p = sub.add_parser("ask", help="multiple-choice questions about a video (or a NExT-QA CSV of them)")
     p.add_argument("video", nargs="?", help="the video (not with --csv)")
     p.add_argument("question", nargs="?")
-    p.add_argument("--choices", nargs="+", help="2 to 10 candidate answers")
+    p.add_argument("--choices", nargs="+", help="2 to 10 candidate answers (an open-ended model answers without)")
     p.add_argument("--csv", help="a NExT-QA CSV (video, qid, type, question, answer, a0..a4) to answer")
     p.add_argument("--videos", help="with --csv: the folder holding <video>.mp4")
     p.add_argument("--out", help="with --csv: write the predictions here (CSV)")
@@ -142,7 +142,7 @@ def _run_inference(args) -> int:
             report = answer_csv(asker, args.csv, args.videos, args.out)
             print(json.dumps(report, indent=1))
             return 1 if report["failed"] else 0
-        if not args.video or not args.question or not args.choices:
+        if not args.video or not args.question or not (args.choices or asker.vocabulary is not None):
             raise ValueError("give VIDEO \"question\" --choices \"a\" \"b\" ... (or --csv FILE --videos DIR)")
         result = asker.ask(args.video, args.question, args.choices)
         print(json.dumps(result, indent=1, ensure_ascii=False)) if args.json else print_answer(result)

@@ -6,9 +6,19 @@ candidate is scored from its own, the question's, the video's and that read-out.
 has already mixed every level (patches in a frame, frames in a clip, clips in the video, the video with
 the question and candidates); the read-out lets a candidate pick the clip it is about. Cross-entropy
 over the candidates; accuracy overall and per question type.
+
+Open-ended QA (``answers``: a vocabulary) classifies instead: the question reads the video the same way
+and the answer is one of the vocabulary's texts (a sample's answer text: ``answer_text``, or its correct
+candidate). Answers outside the vocabulary are left out of the loss, counted (``*/out_of_vocabulary``)
+and scored wrong. ``python -m pipelines.qa vocabulary DATA_DIR`` lists a training split's answers.
 """
 
 from __future__ import annotations
+
+import argparse
+import collections
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,29 +37,39 @@ class QAModule(FusionModule):
     """Multiple-choice QA.
 
     Args:
-        head_hidden: hidden width of the candidate scorer.
+        head_hidden: hidden width of the candidate scorer (or of the answer classifier).
+        answers: None for multiple choice; for open-ended QA the answer vocabulary, as a list or a text file
+            with one answer per line (the checkpoint keeps the list itself).
         **fusion: encoder and optimiser settings (:class:`~pipelines.model.FusionModule`).
     """
 
-    def __init__(self, head_hidden: int = 256, **fusion):
+    def __init__(self, head_hidden: int = 256, answers: list[str] | str | None = None, **fusion):
         super().__init__(**fusion)
+        self.vocabulary = read_vocabulary(answers) if answers is not None else None
         self.save_hyperparameters()
         dim = self.encoder.dim
-        self.query = nn.Linear(2 * dim, dim)
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
-        self.scorer = mlp(4 * dim, head_hidden, 1)
+        if self.vocabulary is None:
+            self.query = nn.Linear(2 * dim, dim)  # question and candidate
+            self.scorer = mlp(4 * dim, head_hidden, 1)
+        else:
+            self.hparams["answers"] = self.vocabulary
+            self.answer_ids = {normalise(a): i for i, a in enumerate(self.vocabulary)}
+            self.query = nn.Linear(dim, dim)  # the question alone
+            self.classifier = mlp(3 * dim, head_hidden, len(self.vocabulary))
         self._outputs: list[tuple[torch.Tensor, torch.Tensor, list[str]]] = []
 
     @staticmethod
-    def slots(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Node ids per sample: video [B], question [B], candidates [B, K] and clips [B, C] (-1 pads)."""
+    def slots(batch: Batch, open_ended: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Node ids per sample: video [B], question [B], candidates [B, K] and clips [B, C] (-1 pads).
+        ``open_ended``: candidates are not needed (K may be 0)."""
         h = batch.hierarchy
         videos, questions, candidates, clips = [], [], [], []
         for b, root in enumerate(h.tree_node_ptr[:-1].tolist()):
             keys = h.keyed_children(root)
             answers = [keys[k] for k in sorted((k for k in keys if k.startswith("answer_")), key=lambda k: int(k[7:]))]
-            if "video" not in keys or "question" not in keys or not answers:
+            if "video" not in keys or "question" not in keys or not (answers or open_ended):
                 raise ValueError(f"sample {batch.ids[b]!r}: QA needs 'video', 'question' and 'answer_k', it has "
                                  f"{sorted(keys)}")
             videos.append(keys["video"])
@@ -60,42 +80,65 @@ class QAModule(FusionModule):
         return (torch.tensor(videos, device=device), torch.tensor(questions, device=device),
                 _padded(candidates).to(device), _padded(clips).to(device))
 
+    def _read_clips(self, query: torch.Tensor, c: torch.Tensor, clips: torch.Tensor) -> torch.Tensor:
+        """Attention read-out over each sample's clips: query [B, K, D], clips c [B, C, D] -> [B, K, D]."""
+        logits = query @ self.key(c).transpose(1, 2) / c.shape[-1] ** 0.5  # [B, K, C]
+        weights = logits.masked_fill(clips[:, None, :] < 0, float("-inf")).softmax(-1)
+        return weights @ self.value(c)
+
     def forward(self, batch: Batch) -> torch.Tensor:
-        """Candidate scores [B, K]; -inf where a sample has fewer than K candidates."""
+        """Candidate scores [B, K] (-inf where a sample has fewer than K candidates); open-ended: answer
+        logits [B, len(vocabulary)]."""
         x = self.encode(batch)
         h = batch.hierarchy
-        videos, questions, candidates, clips = self.slots(batch)
+        videos, questions, candidates, clips = self.slots(batch, open_ended=self.vocabulary is not None)
         v = pool_nodes(x, h, videos)  # [B, D]
         q = pool_nodes(x, h, questions)
-        a = pool_nodes(x, h, candidates.clamp(min=0).flatten()).view(*candidates.shape, -1)  # [B, K, D]
         c = pool_nodes(x, h, clips.clamp(min=0).flatten()).view(*clips.shape, -1)  # [B, C, D]
+        if self.vocabulary is not None:
+            read = self._read_clips(self.query(q)[:, None], c, clips)[:, 0]
+            return self.classifier(torch.cat([q, v, read], -1))
+        a = pool_nodes(x, h, candidates.clamp(min=0).flatten()).view(*candidates.shape, -1)  # [B, K, D]
         k = candidates.shape[1]
         q_k = q[:, None].expand(-1, k, -1)
-        logits = self.query(torch.cat([q_k, a], -1)) @ self.key(c).transpose(1, 2) / c.shape[-1] ** 0.5  # [B, K, C]
-        weights = logits.masked_fill(clips[:, None, :] < 0, float("-inf")).softmax(-1)
-        read = weights @ self.value(c)  # [B, K, D]
+        read = self._read_clips(self.query(torch.cat([q_k, a], -1)), c, clips)  # [B, K, D]
         scores = self.scorer(torch.cat([a, q_k, v[:, None].expand(-1, k, -1), read], -1))[..., 0]
         return scores.masked_fill(candidates < 0, float("-inf"))
 
-    @staticmethod
-    def answers(batch: Batch) -> torch.Tensor:
-        return torch.tensor([m["answer"] for m in batch.meta], device=batch.hierarchy.device)
+    def answers(self, batch: Batch) -> torch.Tensor:
+        """[B] the correct candidate's index, or open-ended its vocabulary id (-100 outside the vocabulary)."""
+        if self.vocabulary is None:
+            return torch.tensor([m["answer"] for m in batch.meta], device=batch.hierarchy.device)
+        return torch.tensor([self.answer_ids.get(normalise(answer_text(m)), -100) for m in batch.meta],
+                            device=batch.hierarchy.device)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        loss = F.cross_entropy(self(batch), self.answers(batch))
+        scores, answers = self(batch), self.answers(batch)
+        known = answers != -100
+        # Open-ended answers outside the vocabulary teach nothing: out of the loss, and counted.
+        loss = F.cross_entropy(scores[known], answers[known]) if known.any() else scores.sum() * 0.0
         self.check_loss(loss, batch_idx, batch.ids)
         self.log("train/loss", loss, batch_size=len(batch), prog_bar=True)
+        if self.vocabulary is not None:
+            self.log("train/out_of_vocabulary", 1 - known.float().mean(), batch_size=len(batch))
         return loss
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict]:
-        """One row per question: id, type, candidate scores (log-probabilities), predicted and true answer."""
+        """One row per question: id, type, scores (log-probabilities over the candidates, or open-ended the
+        five best answers), predicted and true answer."""
         log_p = self(batch).float().log_softmax(-1)
         rows = []
         for b, meta in enumerate(batch.meta):
-            scores = log_p[b][torch.isfinite(log_p[b])]
-            rows.append({"id": batch.ids[b], "type": meta.get("type", ""), "question": meta.get("question"),
-                         "candidates": meta.get("candidates"), "scores": [round(x, 5) for x in scores.tolist()],
-                         "predicted": int(scores.argmax()), "answer": meta.get("answer")})
+            row = {"id": batch.ids[b], "type": meta.get("type", ""), "question": meta.get("question")}
+            if self.vocabulary is None:
+                scores = log_p[b][torch.isfinite(log_p[b])]
+                row |= {"candidates": meta.get("candidates"), "scores": [round(x, 5) for x in scores.tolist()],
+                        "predicted": int(scores.argmax()), "answer": meta.get("answer")}
+            else:
+                best = log_p[b].topk(min(5, log_p.shape[1]))
+                row |= {"predicted": self.vocabulary[int(best.indices[0])], "answer": answer_text(meta),
+                        "top": [[self.vocabulary[int(i)], round(float(s), 5)] for s, i in zip(*best)]}
+            rows.append(row)
         return rows
 
     # ------------------------------------------------------------------ evaluation
@@ -109,7 +152,10 @@ class QAModule(FusionModule):
         scores = torch.cat([F.pad(s, (0, width - s.shape[1]), value=float("-inf")) for s, _, _ in outputs])
         answers = torch.cat([a for _, a, _ in outputs])
         types = [t for _, _, ts in outputs for t in ts]
-        metrics = {f"{prefix}/{k}": v for k, v in qa_accuracy(scores.float().cpu(), answers.cpu(), types).items()}
+        metrics = qa_accuracy(scores.float().cpu(), answers.cpu(), types)  # out of the vocabulary (-100): wrong
+        if self.vocabulary is not None:
+            metrics["out_of_vocabulary"] = float((answers == -100).float().mean())
+        metrics = {f"{prefix}/{k}": v for k, v in metrics.items()}
         self.log_dict(metrics, batch_size=len(answers))
         return metrics
 
@@ -120,3 +166,71 @@ def _padded(rows: list[list[int]]) -> torch.Tensor:
     for b, r in enumerate(rows):
         table[b, : len(r)] = torch.tensor(r, dtype=torch.long)
     return table
+
+
+def normalise(answer: str) -> str:
+    """Answers compare case- and space-insensitively ("Red " == "red")."""
+    return " ".join(answer.lower().split())
+
+
+def answer_text(meta: dict) -> str:
+    """A sample's answer as text: open-ended ``answer_text``, or its correct candidate."""
+    if meta.get("answer_text"):
+        return meta["answer_text"]
+    candidates, answer = meta.get("candidates") or [], meta.get("answer", -1)
+    return candidates[answer] if 0 <= answer < len(candidates) else ""
+
+
+def read_vocabulary(answers: list[str] | str) -> list[str]:
+    """The answer vocabulary from a list or a file (one answer per line); duplicates or empties are errors."""
+    if isinstance(answers, str):
+        path = Path(answers)
+        if not path.is_file():
+            raise ValueError(f"answer vocabulary file {answers!r} not found")
+        answers = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    vocabulary = [str(a).strip() for a in answers]
+    seen: dict[str, str] = {}
+    for a in vocabulary:
+        if not a:
+            raise ValueError("the answer vocabulary holds an empty answer")
+        if normalise(a) in seen:
+            raise ValueError(f"the answer vocabulary holds {a!r} twice (as {seen[normalise(a)]!r})")
+        seen[normalise(a)] = a
+    if not vocabulary:
+        raise ValueError("the answer vocabulary is empty")
+    return vocabulary
+
+
+def training_answers(data_dir: str, top: int | None = None) -> list[tuple[str, int]]:
+    """The answers of a prepared QA directory's training split, most frequent first, with their counts."""
+    from data_prep.shards import ShardDataset
+
+    data = ShardDataset(data_dir)
+    counts: collections.Counter = collections.Counter()
+    first: dict[str, str] = {}
+    for i in range(len(data)):
+        meta = data[i].meta
+        text = answer_text(meta)
+        if meta.get("split", "train") == "train" and text:
+            first.setdefault(normalise(text), text.strip())
+            counts[normalise(text)] += 1
+    return [(first[a], n) for a, n in counts.most_common(top)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="QA tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("vocabulary", help="print the training split's answers, most frequent first (one per line)")
+    p.add_argument("data_dir", help="a prepared QA directory")
+    p.add_argument("--top", type=int, default=None, help="keep the N most frequent")
+    args = parser.parse_args(argv)
+    answers = training_answers(args.data_dir, args.top)
+    if not answers:
+        print(f"{args.data_dir}: no answers in its training split", file=sys.stderr)
+        return 2
+    print("\n".join(a for a, _ in answers))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -70,12 +70,17 @@ def test_jsonl_folder(videos):
         json.dumps({"video": "video0.mp4", "id": "no-question", "question": " ", "candidates": ["a"], "answer": 0}),
         json.dumps({"video": "video0.mp4", "id": "bad-answer", "question": "q?", "candidates": ["a"], "answer": 3}),
         json.dumps({"video": "video1.mkv", "question": "another?", "candidates": ["a", "b"], "answer": 0}),
+        json.dumps({"video": "video0.mp4", "id": "open", "question": "what colour?", "answer": " red "}),
+        json.dumps({"video": "video0.mp4", "id": "open-blank", "question": "what colour?", "answer": ""}),
     ]))
     items, problems = read_jsonl_folder(videos)
     kinds = {i.id: type(i) for i in items}
-    assert kinds == {"video0": CaptionItem, "video1": QAItem, "clip 2": CaptionItem}
+    assert kinds == {"video0": CaptionItem, "video1": QAItem, "open": QAItem, "clip 2": CaptionItem}
     assert [p[0] for p in problems] == ["missing", "annotations.jsonl line 4", "empty", "blank", "no-question",
-                                        "bad-answer", "video1 (annotations.jsonl line 9)"]
+                                        "bad-answer", "video1 (annotations.jsonl line 9)", "open-blank"]
+    mc, open_ended = (next(i for i in items if i.id == k) for k in ("video1", "open"))
+    assert mc.answer_text == "b" and (open_ended.candidates, open_ended.answer, open_ended.answer_text) == ([], -1, "red")
+    assert "open-ended question" in problems[7][1]
     assert "id 'video1' is already used by annotations.jsonl line 2" in problems[6][1]
     assert "given but empty" in problems[2][1] and "empty caption" in problems[3][1]
     assert "non-empty question" in problems[4][1] and "not an index" in problems[5][1]

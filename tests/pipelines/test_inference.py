@@ -39,7 +39,7 @@ from pipelines.rerank import RerankModule
 from pipelines.retrieval import RetrievalModule
 from pipelines.search import Searcher, top_k
 
-from .test_tasks import caption_sample, qa_sample
+from .test_tasks import caption_sample, open_sample, qa_sample
 
 SIZES = dict(dim=32, depth=1, heads=2, pos_dim=4, dropout=0.0)
 FEATURIZATION = {"video": asdict(VideoConfig(clips="windows", windows=WindowConfig(1.0, min_clip_seconds=0.3),
@@ -81,7 +81,9 @@ def models(tmp_path_factory):
     qa = _train(tmp, "qa", QAModule(head_hidden=16, **SIZES), [qa_sample(i) for i in range(8)])
     rerank = _train(tmp, "retrieval", RerankModule(dual_encoder=str(retrieval), negatives=2, head_hidden=16, **SIZES),
                     [caption_sample(i) for i in range(8)], 2)
-    return {"retrieval": retrieval, "other": other, "qa": qa, "rerank": rerank}
+    qa_open = _train(tmp, "qa", QAModule(head_hidden=16, answers=["red", "green", "blue", "white"], **SIZES),
+                     [open_sample(i, ["red", "green", "blue", "white"][i % 4]) for i in range(8)], 1)
+    return {"retrieval": retrieval, "other": other, "qa": qa, "rerank": rerank, "qa_open": qa_open}
 
 
 @pytest.fixture(scope="module")
@@ -258,6 +260,17 @@ def test_ask_one_and_a_csv(corpus, models, tmp_path):
     assert "notes.mp4" in reasons["notes_99"] and "not found" in reasons["gone_98"]
     assert 0 <= report["accuracy"]["acc"] <= 1
     assert (tmp_path / "pred.csv").read_text().count("\n") == 4
+
+
+def test_ask_an_open_ended_model(corpus, models):
+    asker = Asker(str(models["qa_open"]))
+    result = asker.ask(corpus / "videos" / "video0000.mp4", "What colour is the first shape?")
+    assert sorted(result["choices"]) == ["blue", "green", "red", "white"]  # its vocabulary, most likely first
+    assert result["answer_text"] == result["choices"][0] and result["probabilities"] == sorted(result["probabilities"])[::-1]
+    with pytest.raises(ValueError, match="open-ended"):
+        asker.ask(corpus / "videos" / "video0000.mp4", "What colour?", ["red", "blue"])
+    with pytest.raises(ValueError, match="multiple choice"):
+        asker.ask_many([])
 
 
 def test_explain_draws_the_attention(corpus, models, tmp_path):

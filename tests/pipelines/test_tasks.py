@@ -132,6 +132,63 @@ def test_qa_learns_a_readable_answer(mixer):
     assert losses[-1] < 0.3 * losses[0]
 
 
+def open_sample(i: int, answer: str):
+    """Open-ended: no candidates; the answer's class is written into the video features."""
+    g = torch.Generator().manual_seed(i)
+    signal = torch.zeros(4)
+    signal[["red", "green", "blue", "white"].index(answer) if answer in ("red", "green", "blue", "white") else 0] = 4.0
+    return assemble(f"o{i}", video=video(g, 1 + i % 3, signal), texts={"question": text(g, 4)},
+                    meta={"split": "train", "answer_text": answer, "type": "colour"})
+
+
+def test_open_ended_qa_classifies_over_the_vocabulary(tmp_path):
+    torch.manual_seed(0)
+    vocabulary = tmp_path / "answers.txt"
+    vocabulary.write_text("red\nGreen\nblue\n\nwhite\n")
+    model = QAModule(dim=32, depth=2, heads=2, dropout=0.0, answers=str(vocabulary))
+    assert model.vocabulary == ["red", "Green", "blue", "white"] and model.hparams["answers"] == model.vocabulary
+    names = ["red", "green", "blue", "white"]
+    batch = collate([open_sample(i, names[i % 4]) for i in range(12)] + [open_sample(12, "purple")])
+    answers = model.answers(batch)
+    assert answers.tolist() == [i % 4 for i in range(12)] + [-100]  # "green" matches "Green"; purple: unknown
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss = torch.nn.functional.cross_entropy(model(batch)[:12], answers[:12])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        assert model(batch).shape == (13, 4) and (model(batch)[:12].argmax(1) == answers[:12]).all()
+        model._outputs = []
+        model._collect(batch)
+        metrics = model._evaluate("val")
+        rows = model.predict_step(batch, 0)
+    assert metrics["val/acc"] == pytest.approx(12 / 13) and metrics["val/out_of_vocabulary"] == pytest.approx(1 / 13)
+    assert rows[0]["predicted"] == "red" and rows[-1]["answer"] == "purple" and len(rows[0]["top"]) == 4
+    # a batch of unknown answers only: a zero loss, not a NaN that would stop the run
+    assert model.training_step(collate([open_sample(13, "purple")]), 0).item() == 0
+    restored = QAModule(**{k: v for k, v in model.hparams.items()})  # what load_from_checkpoint does
+    assert restored.vocabulary == model.vocabulary
+
+
+@pytest.mark.parametrize("answers, message", [([], "empty"), (["a", " A"], "twice"), (["a", " "], "empty answer"),
+                                              ("missing.txt", "not found")])
+def test_bad_answer_vocabulary_is_named(answers, message):
+    with pytest.raises(ValueError, match=message):
+        QAModule(dim=16, depth=1, heads=2, answers=answers)
+
+
+def test_vocabulary_tool_lists_training_answers(tmp_path, capsys):
+    from pipelines.qa import main as qa_main
+
+    with ShardWriter(tmp_path / "qa", {"tiny": "qa"}, shard_size=8) as writer:
+        for i, answer in enumerate(["red", "blue", "Red", "red ", "green"]):
+            writer.add(open_sample(i, answer))
+    assert qa_main(["vocabulary", str(tmp_path / "qa"), "--top", "2"]) == 0
+    assert capsys.readouterr().out.split("\n")[:2] == ["red", "blue"]
+
+
 def test_retrieval_loss_falls_and_metrics_run(shards):
     torch.manual_seed(0)
     model = RetrievalModule(dim=32, depth=1, heads=2, embed_dim=16, dropout=0.0)
