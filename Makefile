@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 DEPS_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 
-.PHONY: help setup prepare train test bench-op demo bench-index bench-inject
+.PHONY: help setup prepare train test bench-op demo bench-index bench-inject probe-motion
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,3 +52,6 @@ bench-index: setup  ## batch-inference benchmark: indexing throughput per stage,
 
 bench-inject: setup  ## zero-shot HSA in MiniLM-L6: fidelity vs attention FLOPs (ARGS="--quick" for a smoke run)
 	$(PY) benchmarks/bench_inject.py $(ARGS)
+
+probe-motion: prepare  ## can a clip's leaf-mean learn its scene's motion? supervised probe, path positions and mixers
+	$(PY) benchmarks/probe_motion.py $(ARGS)
