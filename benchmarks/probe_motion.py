@@ -59,10 +59,11 @@ def labelled_batches(samples, truth: dict, batch_size: int = 32):
             yield videos, torch.tensor(nodes), torch.tensor(labels)
 
 
-def probe(data: ShardDataModule, truth: dict, mixer: str, positions: dict | None, epochs: int, seed: int = 0) -> dict:
+def probe(data: ShardDataModule, truth: dict, mixer: str, positions: dict | None, epochs: int, seed: int = 0,
+          frame_differences: bool = False) -> dict:
     torch.manual_seed(seed)
     encoder = RetrievalModule(dim=128, depth=2, heads=4, pos_dim=8, dropout=0.0, mixer=mixer,
-                              content_position=True).encoder
+                              content_position=True, frame_differences=frame_differences).encoder
     if positions is not None:
         encoder.path = PathEmbedding(encoder.dim, KEYS, **positions)
     head = torch.nn.Linear(encoder.dim, len(DIRECTIONS))
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--truth", default="data/synthetic/ground_truth.jsonl")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--out", default="runs/probe_motion")
+    parser.add_argument("--only", nargs="*", default=None, help="rows whose name contains one of these")
     args = parser.parse_args(argv)
     truth = {}
     for line in Path(args.truth).read_text().splitlines():
@@ -104,9 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     data = ShardDataModule(args.data, task="retrieval")
     data.setup()
     rows = []
-    for name, mixer, positions in (("HSA, earlier positions", "hsa", EARLIER), ("HSA", "hsa", None),
-                                   ("FSA (flat)", "flat", None), ("mean pool", "mean", None)):
-        result = probe(data, truth, mixer, positions, args.epochs)
+    for name, mixer, positions, differences in (
+            ("HSA, earlier positions", "hsa", EARLIER, False), ("HSA, std 0.02 init", "hsa", {"init_std": 0.02}, False),
+            ("HSA", "hsa", None, False),
+            ("FSA (flat)", "flat", None, False), ("mean pool", "mean", None, False),
+            ("HSA + frame differences", "hsa", None, True), ("FSA + frame differences", "flat", None, True),
+            ("mean pool + frame differences", "mean", None, True)):
+        if args.only and not any(o in name for o in args.only):
+            continue
+        result = probe(data, truth, mixer, positions, args.epochs, frame_differences=differences)
         rows.append({"model": name, **result})
         print(f"{name}: {result}", flush=True)
     print(f"\nDirection of a clip's scene from its leaf-mean, test clips, {args.epochs} epochs "

@@ -46,15 +46,19 @@ class FusionModule(pl.LightningModule):
         init_from: a checkpoint of any task module whose encoder starts this one (fine-tuning, e.g. QA
             from the retrieval model: the contrastive task grounds words in the video first).
         content_position: content x position leaf inputs (see :class:`~mmhsa.nn.HierarchicalEncoder`).
+        frame_differences: each patch also gets its change since the same cell of the previous frame
+            (``difference_modalities`` of :class:`~mmhsa.nn.HierarchicalEncoder`).
     """
 
     def __init__(self, mixer: str = "hsa", dim: int = 128, depth: int = 2, heads: int = 4, dropout: float = 0.1,
                  pos_dim: int = 8, backend: str = "auto", lr: float = 1e-3, weight_decay: float = 0.05,
-                 warmup_steps: int = 50, init_from: str | None = None, content_position: bool = False):
+                 warmup_steps: int = 50, init_from: str | None = None, content_position: bool = False,
+                 frame_differences: bool = False):
         super().__init__()
         self.encoder = HierarchicalEncoder(MODALITY_DIMS, dim=dim, depth=depth, heads=heads, dropout=dropout,
                                            pos_dim=pos_dim, keys=KEYS, backend=backend, mixer=mixer,
-                                           content_position=content_position)
+                                           content_position=content_position,
+                                           difference_modalities=("video",) if frame_differences else ())
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self._outputs: list = []
         if init_from:

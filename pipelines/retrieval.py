@@ -50,6 +50,9 @@ class RetrievalModule(FusionModule):
     Args:
         embed_dim: width of the shared embedding space.
         temperature: initial softmax temperature (learned; clamped at 1/100).
+        reversed_negatives: also train each caption against its video with every clip's frames reversed
+            (:func:`reverse_frames`), in a two-way softmax of its own. Validation always reports
+            ``forward_vs_reversed``: how often a caption prefers its video to that reversed copy.
         **fusion: encoder and optimiser settings (:class:`~pipelines.model.FusionModule`).
     """
 

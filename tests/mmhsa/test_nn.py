@@ -143,3 +143,35 @@ def test_sinusoid_periods():
     torch.testing.assert_close(f[1, 0], torch.sin(torch.tensor(0.5)))
     torch.testing.assert_close(f[1, 3], torch.sin(torch.tensor(0.05 * 10 / 1000 ** 0.75)))
     torch.testing.assert_close(sinusoid(x, 8, 100.0), sinusoid(x, 8, 100.0, 1.0))  # the default shortest period: 1
+
+
+def test_previous_leaf_pairs_the_same_cell_of_consecutive_frames():
+    from mmhsa.nn import previous_leaf
+
+    # video: clip of 3 frames x 2 patches, clip of 1 frame x 2 patches; then a question of 3 tokens
+    video = Hierarchy.from_nested([[[0, 1], [2, 3], [4, 5]], [[6, 7]]])
+    question = Hierarchy.from_nested([0, 1, 2])
+    h = Hierarchy.join([video, question], keys=["video", "question"])
+    assert previous_leaf(h).tolist() == [-1, -1, 0, 1, 2, 3, -1, -1, -1, -1, -1]
+    ragged = Hierarchy.from_nested([[[0, 1], [2, 3, 4]]])  # frames of different sizes: no partner
+    assert previous_leaf(ragged).tolist() == [-1] * 5
+
+
+def test_frame_differences_make_a_clip_mean_see_motion_with_cells_alone():
+    """An object moving left to right, and right to left: same frames, reversed order. With positions
+    that know the cell but not the frame (frames an unordered set), the clip means are equal without
+    differences and differ with them: (change at a cell) x (cell) is motion."""
+    torch.manual_seed(0)
+    clip = Hierarchy.regular([3, (1, 2)], kinds=["clip", "frame", "patch"], domains=["set", "grid"])
+    thing, background = torch.randn(6), torch.zeros(6)
+    frames = [torch.stack([thing, background]), torch.stack([background, background]), torch.stack([background, thing])]
+    forward, backward = torch.cat(frames), torch.cat(frames[::-1])
+    modality = torch.zeros(6, dtype=torch.long)
+    for differences, differ in (((), False), (("video",), True)):
+        enc = HierarchicalEncoder({"video": 6}, dim=8, depth=0, heads=2, pos_dim=0, content_position=True,
+                                  difference_modalities=differences)
+        enc.norm = torch.nn.Identity()
+        means = [enc({"video": x}, modality, clip).mean(0) for x in (forward, backward)]
+        assert (not torch.allclose(means[0], means[1], atol=1e-6)) == differ
+    with pytest.raises(ValueError, match="difference_modalities"):
+        HierarchicalEncoder({"video": 6}, dim=8, depth=0, difference_modalities=("audio",))

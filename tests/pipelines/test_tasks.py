@@ -243,7 +243,8 @@ def recipe(tmp_path, shards, task: str, interrupt: bool = False, every_n_steps: 
     config = {
         "seed_everything": 0,
         "model": {"class_path": "pipelines.qa.QAModule" if task == "qa" else "pipelines.retrieval.RetrievalModule",
-                  "init_args": {"dim": 32, "depth": 1, "heads": 2, "warmup_steps": 2}},
+                  "init_args": {"dim": 32, "depth": 1, "heads": 2, "warmup_steps": 2,
+                                "content_position": True, "frame_differences": True}},
         "data": {"data_dir": str(shards / task), "task": task, "batch_size": 4},
         "trainer": {"max_epochs": 2, "accelerator": "cpu", "default_root_dir": str(tmp_path / "run"),
                     "enable_progress_bar": False, "use_distributed_sampler": False, "num_sanity_val_steps": 0,
