@@ -75,7 +75,7 @@ class PositionEncoder(nn.Module):
                 continue
             c = coord[nodes]
             if name == "time" and self.relative_time:
-                c = c - _first_sibling(hierarchy, nodes, c[:, 0])[:, None]
+                c = torch.stack([c[:, 0] - _first_sibling(hierarchy, nodes, c[:, 0]), c[:, 1]], 1)
             if name == "index":
                 value = self.index(sinusoid(c[:, 0], self.features, self.max_index))
             elif name == "grid":
