@@ -150,7 +150,12 @@ def load_model(checkpoint: str | Path | None, task: str, *, prepared: str | Path
     hparams["init_from"] = None  # the weights below are the trained ones
     hparams.pop("dual_encoder", None)  # a re-ranker's training-time helper, not needed to score pairs
     module = cls(**hparams)
-    module.load_state_dict(weights)
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as err:  # e.g. a checkpoint from an earlier mmhsa whose layers had other shapes
+        first = str(err).split("\n\t", 2)[1] if "\n\t" in str(err) else str(err)
+        raise ValueError(f"checkpoint {path}: its weights do not fit this version of {cls.__name__} ({first}); "
+                         "it was probably saved by an earlier mmhsa: retrain it (make train)") from None
     module.eval().to(device)
     if prepared is not None:
         featurization = Featurization.from_prepared(prepared)

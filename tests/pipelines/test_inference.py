@@ -110,6 +110,17 @@ def test_not_a_checkpoint_is_named(tmp_path):
         load_model(bad, "retrieval")
 
 
+def test_checkpoint_of_an_earlier_layout_is_named(models, tmp_path):
+    """Weights that no longer fit (here: the path positions' maps cut to half their inputs) -> a clear error."""
+    state = torch.load(models["retrieval"], weights_only=False)
+    key = next(k for k in state["state_dict"] if k.endswith("path.nodes.time.weight"))
+    state["state_dict"][key] = state["state_dict"][key][:, :16]
+    old = tmp_path / "old.ckpt"
+    torch.save(state, old)
+    with pytest.raises(ValueError, match=r"old.ckpt: its weights do not fit this version of RetrievalModule .*time"):
+        load_model(old, "retrieval")
+
+
 def test_index_reports_bad_files_and_indexes_the_rest(corpus, index):
     out, report = index
     ix = Index.open(out)
