@@ -98,13 +98,10 @@ class FusionModule(pl.LightningModule):
 
     def gathered_outputs(self) -> list:
         """This rank's collected outputs, or, under DDP, every rank's (in rank order, on this device)."""
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if world_size() == 1:
             return self._outputs
         mine = [tuple(x.cpu() if isinstance(x, torch.Tensor) else x for x in row) for row in self._outputs]
-        everyone: list = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, mine)
+        everyone = every_rank(mine)
         return [tuple(x.to(self.device) if isinstance(x, torch.Tensor) else x for x in row)
                 for rows in everyone for row in rows]
 
@@ -130,16 +127,12 @@ class FusionModule(pl.LightningModule):
     # when the checkpoint is saved (mid-epoch: right after that step), and under DDP each rank's, since each
     # draws dropout masks of its own batches' sizes and the streams part after the first step.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        import torch.distributed as dist
-
         checkpoint["mmhsa_class"] = f"{type(self).__module__}.{type(self).__qualname__}"  # for inference loading
         states = _rng_states()
         checkpoint["rng_states"] = states
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            # every rank saves a checkpoint's contents (rank 0 writes them), so all take part in this
-            everyone: list = [None] * dist.get_world_size()
-            dist.all_gather_object(everyone, states)
-            checkpoint["rng_states_per_rank"] = everyone
+        # every rank saves a checkpoint's contents (rank 0 writes them), so all take part in the gather
+        if world_size() > 1:
+            checkpoint["rng_states_per_rank"] = every_rank(states)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         states = checkpoint.get("rng_states")
@@ -164,6 +157,22 @@ class FusionModule(pl.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def world_size() -> int:
+    """Processes of the running torch.distributed group (1 without one)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def every_rank(value) -> list:
+    """Every rank's ``value``, in rank order (a collective: every rank must call it)."""
+    import torch.distributed as dist
+
+    everyone: list = [None] * world_size()
+    dist.all_gather_object(everyone, value)
+    return everyone
 
 
 def _rng_states() -> dict:
