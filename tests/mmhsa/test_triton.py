@@ -90,14 +90,20 @@ def test_low_precision_error_rule(dtype, tree):
         assert err <= 2 * err_base + floor, f"{name}: {err:.3g} > 2 x {err_base:.3g} + {floor:.3g}"
 
 
-def test_block_tables_cover_every_family_row():
-    from mmhsa.attention.triton import block_tables
+@pytest.mark.parametrize("dtype, block_d", [(torch.float32, 64), (torch.float32, 128), (torch.bfloat16, 64),
+                                           (torch.bfloat16, 128)])
+def test_block_tables_cover_every_family_row(dtype, block_d):
+    """Every row of every family of 2+ children is in exactly one block, in the bucket of its size."""
+    from mmhsa.attention.triton import block_tables, buckets
 
     h = odd_families()
+    table = buckets(dtype, block_d)
+    assert table[-1].largest is None and all(a.largest < b.largest for a, b in zip(table[:-2], table[1:-1]))
     covered = torch.zeros(h.num_nodes, dtype=torch.long)
-    for block, starts, sizes, rows in block_tables(h.plan):
+    for bucket, starts, sizes, rows in block_tables(h.plan, table):
+        assert bucket.largest is None or sizes.max() <= bucket.largest
         for s, n, r in zip(starts.tolist(), sizes.tolist(), rows.tolist()):
-            covered[s + r: s + min(r + block, n)] += 1
+            covered[s + r: s + min(r + bucket.block, n)] += 1
     expected = torch.zeros(h.num_nodes, dtype=torch.long)
     for s, n in zip(h.plan.family_start.tolist(), h.plan.family_size.tolist()):
         if n > 1:  # only children attend to nothing: no block

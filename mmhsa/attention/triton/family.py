@@ -1,13 +1,13 @@
 """Autograd wrapper and launch logic for the Triton family-attention kernels.
 
-All families of all levels go through one forward launch per block-size bucket (small upper-level
-families in 16-row blocks, large leaf families in ``LARGE_BLOCK``-row blocks); the tree passes
-around it stay in PyTorch (:mod:`mmhsa.attention.dynamic`).
+Families are cut into size buckets (:func:`buckets`), each launched once with its own block size
+and warp count, for all levels together; the tree passes around it stay in PyTorch
+(:mod:`mmhsa.attention.dynamic`).
 """
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -15,38 +15,74 @@ import triton
 from ...hierarchy import LevelPlan
 from .family_kernels import _family_bwd_dkdv, _family_bwd_dq, _family_fwd
 
-SMALL_BLOCK = 16
-# Rows per block for families larger than SMALL_BLOCK; the interpreter (CPU tests) keeps tiles tiny.
-LARGE_BLOCK = 16 if os.environ.get("TRITON_INTERPRET") == "1" else 64
+
+@dataclass(frozen=True)
+class Bucket:
+    """Families of up to ``largest`` children (None: all larger ones) run in ``block``-row programs
+    that walk their keys ``block`` at a time, with ``warps`` warps."""
+
+    largest: int | None
+    block: int
+    warps: int
 
 
-def block_tables(plan: LevelPlan) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per bucket: (block rows, first node [B], family size [B], first row in family [B]) as int32.
+def buckets(dtype: torch.dtype, block_d: int, backward: bool = False) -> tuple[Bucket, ...]:
+    """The launch table for inputs of ``dtype`` whose padded head dim (the larger of q/k and v) is
+    ``block_d``, for the forward kernel or the two backward ones.
+
+    Chosen from the kernels' compiled resources (``python -m mmhsa.attention.triton.resources``, no GPU
+    needed; tests/mmhsa/test_triton_resources.py checks every entry on sm_80, sm_86 and sm_90): no
+    register spills and at most 99 KB of shared memory. Why not one block size: fp32 runs exact
+    (IEEE) FMA dot products, which need far more registers than tensor cores, and a 64-row fp32
+    block spills kilobytes; the backward keeps two accumulators per row and spills at 64 rows on
+    Ampere; a head dim of 128 spills at 64 rows on every architecture.
+    """
+    small = Bucket(16, 16, 4)
+    if block_d > 128:
+        return (Bucket(None, 16, 4),)
+    if dtype == torch.float32:
+        return (Bucket(None, 16, 4),) if block_d > 64 else (small, Bucket(None, 32, 8))
+    if block_d > 64:
+        return small, Bucket(None, 32, 4)
+    if backward:
+        return small, Bucket(None, 32, 8)
+    return small, Bucket(32, 32, 4), Bucket(None, 64, 8)
+
+
+def block_tables(plan: LevelPlan, table: tuple[Bucket, ...]) -> list[tuple[Bucket, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per non-empty bucket: (bucket, first node [B], family size [B], first row in family [B]), int32,
+    one entry per block of ``bucket.block`` rows.
 
     Families of one child attend to nothing and get no blocks.
     """
     cache = plan.__dict__.setdefault("_triton_tables", {})  # a frozen dataclass still has a __dict__
-    if plan.family_start.device in cache:
-        return cache[plan.family_start.device]
+    key = (plan.family_start.device, table)
+    if key in cache:
+        return cache[key]
     start, size = plan.family_start.cpu(), plan.family_size.cpu()
-    tables = []
-    for block, chosen in ((SMALL_BLOCK, (size > 1) & (size <= SMALL_BLOCK)), (LARGE_BLOCK, size > SMALL_BLOCK)):
+    tables, smallest = [], 2
+    for bucket in table:
+        chosen = size >= smallest if bucket.largest is None else (size >= smallest) & (size <= bucket.largest)
+        smallest = None if bucket.largest is None else bucket.largest + 1
         s, n = start[chosen], size[chosen]
         if len(s) == 0:
             continue
-        per_family = (n + block - 1) // block
+        per_family = (n + bucket.block - 1) // bucket.block
         fam = torch.repeat_interleave(torch.arange(len(s)), per_family)
         first = torch.arange(len(fam)) - torch.repeat_interleave(torch.cumsum(per_family, 0) - per_family, per_family)
         device = plan.family_start.device
-        tables.append((block, s[fam].int().to(device), n[fam].int().to(device), (first * block).int().to(device)))
-    cache[plan.family_start.device] = tables
+        tables.append((bucket, s[fam].int().to(device), n[fam].int().to(device), (first * bucket.block).int().to(device)))
+    cache[key] = tables
     return tables
 
 
-def _launch_args(q, k, v):
+def _launch_args(q, k, v) -> tuple[dict, int]:
+    """The kernels' shape arguments (head dims padded to a power of two, at least 16 for tl.dot)
+    and the larger padded head dim (what the bucket table depends on)."""
     dk, dv = q.shape[-1], v.shape[-1]
-    return dict(DK=dk, DV=dv, BLOCK_DK=triton.next_power_of_2(max(dk, 16)),
-                BLOCK_DV=triton.next_power_of_2(max(dv, 16)), IEEE=q.dtype == torch.float32)
+    block_dk, block_dv = (triton.next_power_of_2(max(d, 16)) for d in (dk, dv))
+    meta = dict(DK=dk, DV=dv, BLOCK_DK=block_dk, BLOCK_DV=block_dv, IEEE=q.dtype == torch.float32)
+    return meta, max(block_dk, block_dv)
 
 
 class TritonFamilyAttention(torch.autograd.Function):
@@ -61,13 +97,13 @@ class TritonFamilyAttention(torch.autograd.Function):
         m, heads, _ = q.shape
         eta = q.new_full((m, heads), float("-inf"), dtype=torch.float32)
         u = q.new_zeros((m, heads, v.shape[-1]), dtype=torch.float32)
-        meta = _launch_args(q, k, v)
-        for block, starts, sizes, rows in block_tables(plan):
+        meta, block_d = _launch_args(q, k, v)
+        for bucket, starts, sizes, rows in block_tables(plan, buckets(q.dtype, block_d)):
             _family_fwd[(len(starts), heads)](
                 q, k, v, log_n, eta, u, starts, sizes, rows,
                 q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                 u.stride(0), u.stride(1), eta.stride(0),
-                BLOCK_M=block, BLOCK_N=block, **meta,
+                BLOCK_M=bucket.block, BLOCK_N=bucket.block, num_warps=bucket.warps, **meta,
             )
         ctx.save_for_backward(q, k, v, log_n, eta, u)
         ctx.plan = plan
@@ -84,14 +120,13 @@ class TritonFamilyAttention(torch.autograd.Function):
         dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         dk = torch.zeros(k.shape, dtype=torch.float32, device=q.device)
         dv = torch.zeros(v.shape, dtype=torch.float32, device=q.device)
-        meta = _launch_args(q, k, v)
-        for block, starts, sizes, rows in block_tables(ctx.plan):
+        meta, block_d = _launch_args(q, k, v)
+        for bucket, starts, sizes, rows in block_tables(ctx.plan, buckets(q.dtype, block_d, backward=True)):
+            launch = dict(BLOCK_M=bucket.block, BLOCK_N=bucket.block, num_warps=bucket.warps, **meta)
             common = (starts, sizes, rows, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
                       v.stride(0), v.stride(1), gu.stride(0), gu.stride(1), eta.stride(0))
-            _family_bwd_dkdv[(len(starts), heads)](q, k, v, log_n, eta, row, gu, dk, dv, *common,
-                                                   BLOCK_M=block, BLOCK_N=block, **meta)
-            _family_bwd_dq[(len(starts), heads)](q, k, v, log_n, eta, row, gu, dq, *common,
-                                                 BLOCK_M=block, BLOCK_N=block, **meta)
+            _family_bwd_dkdv[(len(starts), heads)](q, k, v, log_n, eta, row, gu, dk, dv, *common, **launch)
+            _family_bwd_dq[(len(starts), heads)](q, k, v, log_n, eta, row, gu, dq, *common, **launch)
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
 
 

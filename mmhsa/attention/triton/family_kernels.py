@@ -16,8 +16,10 @@ block, so no atomics are needed.
 
 Limits and caveats:
 - Head dims are padded to a power of two (masked), so 40 costs like 64.
-- The caller picks block sizes per family-size bucket (tiny upper-level families use 16-row blocks,
-  large leaf families 64); a family larger than one tile is walked tile by tile.
+- The caller picks block sizes and warps per family-size bucket (``family.buckets``: tiny upper-level
+  families in 16-row blocks, leaf families in 32 or 64); a family larger than one tile is walked tile
+  by tile. Every configuration it can pick is compiled for sm_80/86/90 in the tests and checked for
+  register spills and shared memory (``python -m mmhsa.attention.triton.resources``).
 - fp32 inputs use exact (IEEE) dot products, fp16/bf16 inputs tensor cores with fp32 accumulation.
 - Under ``TRITON_INTERPRET=1`` (CPU tests) bf16 arithmetic is wrong: test bf16 on a GPU only.
 """

@@ -1,0 +1,68 @@
+"""The Triton kernels compiled for real GPUs (sm_80, sm_86, sm_90) in every launch configuration the
+launcher can pick: they must compile, spill no registers and fit the architecture's shared memory.
+
+No GPU is needed: Triton's compiler and cuobjdump ship in its wheel. The compile runs in a
+subprocess because the test session has TRITON_INTERPRET=1 set (the interpreter replaces kernels).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton")
+
+# ptxas sometimes parks a register or two (8 bytes) on the stack; a configuration that really
+# spills (64-row fp32 blocks, say) puts kilobytes there.
+STACK_NOISE_BYTES = 16
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    out = tmp_path_factory.mktemp("resources") / "rows.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-m", "mmhsa.attention.triton.resources", "--arch", "80", "86", "90",
+                          "--json", str(out)], env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_every_launch_configuration_compiles_for_each_architecture(rows):
+    from mmhsa.attention.triton.resources import HEAD_DIMS
+
+    for arch in (80, 86, 90):
+        mine = [r for r in rows if r["arch"] == arch]
+        assert {(r["dtype"], r["head_dim"], r["kernel"]) for r in mine} == {
+            (d, h, k) for d in ("fp16", "bf16", "fp32") for h in HEAD_DIMS for k in ("fwd", "bwd_dkdv", "bwd_dq")}
+
+
+def test_no_register_spills(rows):
+    spilled = [r for r in rows if r["stack_bytes"] > STACK_NOISE_BYTES]
+    assert not spilled, "\n".join(map(str, spilled))
+
+
+def test_shared_memory_fits(rows):
+    too_big = [r for r in rows if r["shared_bytes"] > r["shared_limit_bytes"]]
+    assert not too_big, "\n".join(map(str, too_big))
+
+
+def test_the_check_catches_a_spilling_configuration():
+    """The measurement can fail: a 64-row fp32 block (what the launcher avoids) spills kilobytes."""
+    code = ("import torch; from mmhsa.attention.triton.resources import compile_usage, KERNELS;"
+            "from mmhsa.attention.triton.family import Bucket;"
+            "print(compile_usage(KERNELS['fwd'], torch.float32, 64, Bucket(None, 64, 4), 90)['stack_bytes'])")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert int(res.stdout.strip().splitlines()[-1]) > 1024
+
+
+def test_refuses_to_run_under_the_interpreter():
+    from mmhsa.attention.triton.resources import report
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("runs under the interpreter only")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        report((90,))
