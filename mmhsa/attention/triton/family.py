@@ -130,6 +130,9 @@ class TritonFamilyAttention(torch.autograd.Function):
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
 
 
+# Under torch.compile the tree passes around this are compiled and the kernels run as they are (one
+# graph break): Dynamo would otherwise trace into the launch code and the CPU table building.
+@torch.compiler.disable
 def family_pass_triton(plan: LevelPlan, rq: list, rk: list, rv: list, log_n: torch.Tensor, kernel_dtype):
     """The family pass of every level in one go (see :func:`mmhsa.attention.dynamic.family_pass_torch`).
 
