@@ -4,6 +4,8 @@ For trees shaped like videos (clips x frames x patches) and texts (sections x se
 times, in one process so that ratios are like for like:
 
 - ``hsa``: mmhsa.hsa, backend "torch" on CPU, "triton" on CUDA (plus ``hsa_torch`` there);
+- ``hsa_compiled``: the same under ``torch.compile`` (the tree passes compiled; on CUDA the Triton
+  family pass runs as it is), timed after the compile;
 - ``flat``: ``scaled_dot_product_attention`` over all leaves (skipped above ``--flat-max`` leaves);
 - ``blockdiag``: attention inside each leaf family only (frames, sentences), the work HSA cannot
   avoid, so its floor: one ``scaled_dot_product_attention`` call per family size on CPU,
@@ -97,6 +99,9 @@ def make_methods(h: Hierarchy, q, k, v) -> dict:
     """The timed callables. On CUDA, ``hsa`` is the Triton backend and ``hsa_torch`` the torch one,
     and the block-diagonal floor is FlashAttention's varlen kernel over the leaf families."""
     groups = leaf_family_groups(h)
+    backend = "triton" if q.is_cuda else "torch"
+    torch._dynamo.reset()  # every case compiles afresh (the lambda's code object would pile up entries)
+    compiled = torch.compile(lambda q, k, v: hsa(q, k, v, h, backend=backend))
 
     def blockdiag():
         outs = []
@@ -109,7 +114,8 @@ def make_methods(h: Hierarchy, q, k, v) -> dict:
         return outs
 
     methods = {
-        "hsa": lambda: hsa(q, k, v, h, backend="triton" if q.is_cuda else "torch"),
+        "hsa": lambda: hsa(q, k, v, h, backend=backend),
+        "hsa_compiled": lambda: compiled(q, k, v),
         "flat": lambda: F.scaled_dot_product_attention(*[x.transpose(0, 1)[None] for x in (q, k, v)]),
         "blockdiag": blockdiag,
     }
@@ -277,6 +283,7 @@ def main() -> None:
                 if not args.no_memory and method != "flat":
                     row[f"{method}_peak_mb"] = peak_memory_mb(ci, method, backward, args)
             row["hsa/blockdiag"] = row["hsa_ms"] / row["blockdiag_ms"]
+            row["compiled/blockdiag"] = row["hsa_compiled_ms"] / row["blockdiag_ms"]
             if args.device == "cuda":  # achieved throughput (fwd+bwd counted as 3.5x the forward FLOPs)
                 io_bytes = 4 * n * args.heads * args.dim * q.element_size() * (2.5 if backward else 1)
                 for method in methods:
@@ -287,6 +294,7 @@ def main() -> None:
                         row[f"{method}_gbps"] = io_bytes / seconds / 1e9
             if "flat_ms" in row:
                 row["flat/hsa"] = row["flat_ms"] / row["hsa_ms"]
+                row["flat/compiled"] = row["flat_ms"] / row["hsa_compiled_ms"]
             rows.append(row)
             print_row(row, header=len(rows) == 1)
     OUT_DIR.mkdir(exist_ok=True)
@@ -302,7 +310,9 @@ def main() -> None:
 def print_row(row: dict, header: bool) -> None:
     cols = [("case", 20, "{}"), ("leaves", 7, "{:,}"), ("pass", 8, "{}"), ("hsa_ms", 9, "{:.1f}"),
             ("blockdiag_ms", 12, "{:.1f}"), ("flat_ms", 9, "{:.0f}"), ("hsa/blockdiag", 13, "{:.2f}"),
-            ("flat/hsa", 9, "{:.1f}"), ("hsa_peak_mb", 11, "{:.0f}"), ("blockdiag_peak_mb", 17, "{:.0f}")]
+            ("flat/hsa", 9, "{:.1f}"), ("hsa_compiled_ms", 15, "{:.1f}"), ("compiled/blockdiag", 18, "{:.2f}"),
+            ("flat/compiled", 13, "{:.1f}"), ("hsa_peak_mb", 11, "{:.0f}"), ("hsa_compiled_peak_mb", 20, "{:.0f}"),
+            ("blockdiag_peak_mb", 17, "{:.0f}")]
     if "hsa_torch_ms" in row:
         cols += [("hsa_torch_ms", 12, "{:.1f}"), ("hsa_tflops", 10, "{:.1f}"), ("hsa_gbps", 8, "{:.0f}"),
                  ("flat_tflops", 11, "{:.1f}"), ("blockdiag_tflops", 16, "{:.1f}")]
@@ -326,7 +336,7 @@ def plot(rows: list[dict], path: Path, meta: dict) -> None:
         for kind, marker in (("video", "o"), ("text", "s")):
             sel = sorted((r for r in rows if r["pass"] == pass_name and r["case"].startswith(kind)),
                          key=lambda r: r["leaves"])
-            for method, color in (("hsa", "C0"), ("blockdiag", "C2"), ("flat", "C3")):
+            for method, color in (("hsa", "C0"), ("hsa_compiled", "C1"), ("blockdiag", "C2"), ("flat", "C3")):
                 pts = [(r["leaves"], r[f"{method}_ms"]) for r in sel if f"{method}_ms" in r]
                 if pts:
                     ax.plot(*zip(*pts), marker=marker, color=color, linestyle="-" if kind == "video" else "--",
