@@ -180,7 +180,8 @@ def run(fn, backward: bool):
 
 def time_ms(fn, backward: bool, repeats: int, device: str) -> float:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    run(fn, backward)  # warm-up
+    for _ in range(2):  # warm-up: a compiled method compiles on its first call and settles on the second
+        run(fn, backward)
     times = []
     for _ in range(repeats):
         sync()

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -369,17 +370,22 @@ class RecordLoss(pl.Callback):
         self.losses.append(outputs["loss"].detach().float())
 
 
+# On a GPU (MMHSA_TEST_CUDA=1) the same test runs on CUDA: HSA's "auto" backend is then the Triton kernels.
+ACCELERATORS = ["cpu"] + (["cuda"] if os.environ.get("MMHSA_TEST_CUDA") == "1" and torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("accelerator", ACCELERATORS)
 @pytest.mark.parametrize("task", ["qa", "retrieval"])
-def test_bf16_mixed_precision_on_cpu(shards, task):
-    """`--trainer.precision bf16-mixed` on CPU (the HSA torch backend under autocast): one training step gives a
-    finite loss and updates the fp32 weights; the forward under bf16 autocast is within 2e-2 (abs and rel; bf16
-    keeps 8 bits, about 2e-3 relative per rounding, measured up to 5e-3 here) of fp32."""
+def test_bf16_mixed_precision(shards, task, accelerator):
+    """`--trainer.precision bf16-mixed` (HSA under autocast: the torch backend on CPU, Triton on CUDA): one
+    training step gives a finite loss and updates the fp32 weights; the forward under bf16 autocast is within
+    2e-2 (abs and rel; bf16 keeps 8 bits, about 2e-3 relative per rounding, measured up to 5e-3 on CPU) of fp32."""
     torch.manual_seed(0)
     module = QAModule if task == "qa" else RetrievalModule
-    model = module(dim=32, depth=2, heads=2, dropout=0.0, content_position=True)  # mixer "hsa": torch on CPU
+    model = module(dim=32, depth=2, heads=2, dropout=0.0, content_position=True).to(accelerator)
     data = ShardDataModule(str(shards / task), task=task, batch_size=4)
     data.setup("fit")
-    batch = (collate if task == "qa" else retrieval_collate)(data.splits["train"][:4])
+    batch = (collate if task == "qa" else retrieval_collate)(data.splits["train"][:4]).to(accelerator)
 
     def outputs():
         if task == "qa":
@@ -389,7 +395,7 @@ def test_bf16_mixed_precision_on_cpu(shards, task):
     model.eval()
     with torch.no_grad():
         full = outputs()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(accelerator, dtype=torch.bfloat16):
             mixed = outputs()
     for a, b in zip(full, mixed):
         assert a.dtype == torch.float32 and b.dtype == torch.bfloat16
@@ -397,7 +403,7 @@ def test_bf16_mixed_precision_on_cpu(shards, task):
 
     before = {k: v.clone() for k, v in model.state_dict().items()}
     record = RecordLoss()
-    trainer = pl.Trainer(accelerator="cpu", precision="bf16-mixed", max_steps=1, limit_val_batches=0, logger=False,
+    trainer = pl.Trainer(accelerator=accelerator, devices=1, precision="bf16-mixed", max_steps=1, limit_val_batches=0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          use_distributed_sampler=False, callbacks=[record])
     trainer.fit(model, data)

@@ -49,7 +49,8 @@ def buckets(dtype: torch.dtype, block_d: int, backward: bool = False) -> tuple[B
     return small, Bucket(32, 32, 4), Bucket(None, 64, 8)
 
 
-def block_tables(plan: LevelPlan, table: tuple[Bucket, ...]) -> list[tuple[Bucket, torch.Tensor, torch.Tensor, torch.Tensor]]:
+def block_tables(plan: LevelPlan,
+                 table: tuple[Bucket, ...]) -> list[tuple[Bucket, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per non-empty bucket: (bucket, first node [B], family size [B], first row in family [B]), int32,
     one entry per block of ``bucket.block`` rows.
 
@@ -60,10 +61,12 @@ def block_tables(plan: LevelPlan, table: tuple[Bucket, ...]) -> list[tuple[Bucke
     if key in cache:
         return cache[key]
     start, size = plan.family_start.cpu(), plan.family_size.cpu()
-    tables, smallest = [], 2
+    tables, smallest = [], 2  # families of one child get no blocks
     for bucket in table:
-        chosen = size >= smallest if bucket.largest is None else (size >= smallest) & (size <= bucket.largest)
-        smallest = None if bucket.largest is None else bucket.largest + 1
+        chosen = size >= smallest
+        if bucket.largest is not None:
+            chosen &= size <= bucket.largest
+            smallest = bucket.largest + 1
         s, n = start[chosen], size[chosen]
         if len(s) == 0:
             continue
