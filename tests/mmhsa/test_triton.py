@@ -111,6 +111,20 @@ def test_block_tables_cover_every_family_row(dtype, block_d):
     assert torch.equal(covered, expected)
 
 
+def test_wide_offsets_match(monkeypatch):
+    """The 64-bit-offset kernels (chosen for tensors of 2^31+ elements) give what the 32-bit ones give."""
+    import mmhsa.attention.triton.family as family
+
+    h = odd_families()
+    q, k, v, pos = make_inputs(h, 2, 16, 16, seed=3, pos_dim=2)
+    w = torch.randn(h.num_leaves, 2, 16)
+    narrow = run("triton", h, q, k, v, pos, torch.float32, False, w)
+    monkeypatch.setattr(family, "INT32_OFFSETS_MAX", 0)
+    wide = run("triton", h, q, k, v, pos, torch.float32, False, w)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), wide, narrow):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m: f"{name}: {m}")
+
+
 def test_auto_is_torch_on_cpu():
     h = Hierarchy.from_nested([0, 1, 2])
     q = torch.randn(3, 1, 4)

@@ -16,6 +16,10 @@ from ...hierarchy import LevelPlan
 from .family_kernels import _family_bwd_dkdv, _family_bwd_dq, _family_fwd
 
 
+# Largest element offset the kernels address with 32-bit arithmetic (beyond it they switch to 64-bit).
+INT32_OFFSETS_MAX = 2**31 - 1
+
+
 @dataclass(frozen=True)
 class Bucket:
     """Families of up to ``largest`` children (None: all larger ones) run in ``block``-row programs
@@ -84,7 +88,8 @@ def _launch_args(q, k, v) -> tuple[dict, int]:
     and the larger padded head dim (what the bucket table depends on)."""
     dk, dv = q.shape[-1], v.shape[-1]
     block_dk, block_dv = (triton.next_power_of_2(max(d, 16)) for d in (dk, dv))
-    meta = dict(DK=dk, DV=dv, BLOCK_DK=block_dk, BLOCK_DV=block_dv, IEEE=q.dtype == torch.float32)
+    wide = max(x.numel() for x in (q, k, v)) > INT32_OFFSETS_MAX
+    meta = dict(DK=dk, DV=dv, BLOCK_DK=block_dk, BLOCK_DV=block_dv, IEEE=q.dtype == torch.float32, WIDE=wide)
     return meta, max(block_dk, block_dv)
 
 

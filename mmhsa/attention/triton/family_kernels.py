@@ -16,6 +16,8 @@ block, so no atomics are needed.
 
 Limits and caveats:
 - Head dims are padded to a power of two (masked), so 40 costs like 64.
+- Offsets are 32-bit unless a tensor has 2^31 or more elements (``WIDE``; ~2.8M nodes at 12 heads x 64):
+  64-bit offsets cost registers, and spill in the backward at head dim 128.
 - The caller picks block sizes and warps per family-size bucket (``family.buckets``: tiny upper-level
   families in 16-row blocks, leaf families in 32 or 64); a family larger than one tile is walked tile
   by tile. Every configuration it can pick is compiled for sm_80/86/90 in the tests and checked for
@@ -53,12 +55,14 @@ def _family_fwd(
     stride_um, stride_uh, stride_em,
     DK, DV,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    IEEE: tl.constexpr,
+    IEEE: tl.constexpr, WIDE: tl.constexpr,
 ):
     """One program: one query block (BLOCK_M children of a family) and one head."""
     blk = tl.program_id(0)
     h = tl.program_id(1)
     start = tl.load(BLK_START + blk)
+    if WIDE:  # 64-bit offsets, only where a tensor has 2^31+ elements (they cost registers)
+        start = start.to(tl.int64)
     size = tl.load(BLK_SIZE + blk)
     rows = tl.load(BLK_ROW + blk) + tl.arange(0, BLOCK_M)  # query rows within the family
     row_ok = rows < size
@@ -99,7 +103,7 @@ def _family_bwd_dkdv(
     stride_gm, stride_gh, stride_em,
     DK, DV,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    IEEE: tl.constexpr,
+    IEEE: tl.constexpr, WIDE: tl.constexpr,
 ):
     """One program: one key block (BLOCK_N children of a family) and one head; loops over query tiles.
 
@@ -108,6 +112,8 @@ def _family_bwd_dkdv(
     blk = tl.program_id(0)
     h = tl.program_id(1)
     start = tl.load(BLK_START + blk)
+    if WIDE:  # 64-bit offsets, only where a tensor has 2^31+ elements (they cost registers)
+        start = start.to(tl.int64)
     size = tl.load(BLK_SIZE + blk)
     cols = tl.load(BLK_ROW + blk) + tl.arange(0, BLOCK_N)
     col_ok = cols < size
@@ -146,7 +152,7 @@ def _family_bwd_dq(
     stride_gm, stride_gh, stride_em,
     DK, DV,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    IEEE: tl.constexpr,
+    IEEE: tl.constexpr, WIDE: tl.constexpr,
 ):
     """One program: one query block and one head; loops over the family's key tiles.
 
@@ -155,6 +161,8 @@ def _family_bwd_dq(
     blk = tl.program_id(0)
     h = tl.program_id(1)
     start = tl.load(BLK_START + blk)
+    if WIDE:  # 64-bit offsets, only where a tensor has 2^31+ elements (they cost registers)
+        start = start.to(tl.int64)
     size = tl.load(BLK_SIZE + blk)
     rows = tl.load(BLK_ROW + blk) + tl.arange(0, BLOCK_M)
     row_ok = rows < size

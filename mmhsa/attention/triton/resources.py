@@ -40,7 +40,7 @@ def signature(kernel, dtype: str) -> dict[str, str]:
     """Triton type of every argument: the inputs in ``dtype``, statistics fp32, tables and sizes i32."""
     types = {}
     for name in kernel.arg_names:
-        if name.startswith("BLOCK_") or name == "IEEE":
+        if name.startswith("BLOCK_") or name in ("IEEE", "WIDE"):
             types[name] = "constexpr"
         elif name in ("Q", "K", "V", "GU"):
             types[name] = "*" + dtype
@@ -57,10 +57,13 @@ def _tool(name: str) -> str:
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
 
 
-def compile_usage(kernel, dtype: torch.dtype, block_d: int, bucket: Bucket, arch: int) -> dict:
-    """Compile one kernel for ``sm_<arch>`` and read its registers, stack (spills) and shared memory."""
+def compile_usage(kernel, dtype: torch.dtype, block_d: int, bucket: Bucket, arch: int, wide: bool = False) -> dict:
+    """Compile one kernel for ``sm_<arch>`` and read its registers, stack (spills) and shared memory.
+
+    ``wide``: the 64-bit-offset variant (tensors of 2^31+ elements only).
+    """
     constants = dict(BLOCK_M=bucket.block, BLOCK_N=bucket.block, BLOCK_DK=block_d, BLOCK_DV=block_d,
-                     IEEE=dtype == torch.float32)
+                     IEEE=dtype == torch.float32, WIDE=wide)
     compiled = triton.compile(ASTSource(kernel, signature(kernel, DTYPES[dtype]), constexprs=constants),
                               target=GPUTarget("cuda", arch, 32), options=dict(num_warps=bucket.warps))
     with tempfile.TemporaryDirectory() as tmp:
