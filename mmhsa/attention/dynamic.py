@@ -61,6 +61,13 @@ def _reduce_up(
         if first is not None:  # a level made of consecutive leaves only: a slice, no scatter
             levels[d] = leaf_values[first:first + size]
             continue
+        s = _children_per_node(plan, d + 1) if d + 1 < plan.num_levels else 0
+        if s:  # every node has S children (so no leaf): [F, 1, S] @ [F, S, H*C], a batched weighted sum
+            below = plan.level(d + 1)
+            child = levels[d + 1] if child_term is None else child_term(levels[d + 1], d + 1)
+            w = weight[below].view(size, 1, s)
+            levels[d] = torch.bmm(w, child.reshape(size, s, heads * channels)).view(size, heads, channels)
+            continue
         out = leaf_values.new_zeros(size, heads, channels)
         leaf_ids, local = plan.level_leaves(d)
         if len(leaf_ids):
@@ -68,12 +75,7 @@ def _reduce_up(
         if d + 1 < plan.num_levels:
             below = plan.level(d + 1)
             child = levels[d + 1] if child_term is None else child_term(levels[d + 1], d + 1)
-            s = _children_per_node(plan, d + 1)
-            if s:  # [F, 1, S] @ [F, S, H*C]: a batched weighted sum, no scatter or temporaries
-                w = weight[below].view(size, 1, s)
-                out = torch.bmm(w, child.reshape(size, s, heads * channels)).view(size, heads, channels)
-            else:
-                out = out.index_add(0, plan.parent_local[below], child * weight[below][:, None, None])
+            out = out.index_add(0, plan.parent_local[below], child * weight[below][:, None, None])
         levels[d] = out
     return levels
 
@@ -180,14 +182,18 @@ def hsa_torch(
 
     lam = [x[..., 0] for x in _reduce_up(plan, leaf_lam[..., None], stay_or_leave)]
 
-    # 4. Top-down: log mu(A) and w(A) = 1 - mu(A), then R and O level by level.
+    # 4. Top-down: log mu(A) and w(A) = 1 - mu(A), then R and O level by level. Where eta or lam is -inf
+    # they are constants: no sibling, mu = 1 (log 0) and w = 0; a sibling but nothing inside, mu = 0, w = 1.
+    both = sib & stays  # [M, 1]
+    log_mu_else = torch.where(sib, float("-inf"), 0.0).to(lam[0].dtype)
+    leave_else = sib.to(lam[0].dtype)
     reach = [lam[0].new_zeros(lam[0].shape)]
     out = [u[0]]  # roots output nothing (the pass gives them u = 0, kept in the graph)
     for d in range(1, levels):
         sl = plan.level(d)
-        sib_d, stays_d = sib[sl], stays[sl]
-        log_mu = torch.where(sib_d, torch.where(stays_d, F.logsigmoid(lam[d] - eta[d]), float("-inf")), 0.0)
-        leave = torch.where(sib_d, torch.where(stays_d, torch.sigmoid(eta[d] - lam[d]), 1.0), 0.0)
+        x = lam[d] - eta[d]
+        log_mu = torch.where(both[sl], F.logsigmoid(x), log_mu_else[sl])
+        leave = torch.where(both[sl], torch.sigmoid(-x), leave_else[sl])
         s = _children_per_node(plan, d)
         if s:  # broadcast the parents over their children instead of gathering
             f = plan.level_ptr[d] - plan.level_ptr[d - 1]

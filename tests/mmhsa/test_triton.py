@@ -129,3 +129,68 @@ def test_auto_is_torch_on_cpu():
     h = Hierarchy.from_nested([0, 1, 2])
     q = torch.randn(3, 1, 4)
     torch.testing.assert_close(hsa(q, q, q, h), hsa(q, q, q, h, backend="torch"))
+
+
+class DispatchCount(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the aten ops (views aside) the torch side dispatches: on a GPU each is about one kernel launch,
+    and at these sizes launches, not arithmetic, set the time. Ops inside a Triton launch (the interpreter's
+    own work on CPU) are not counted; the launches are, apart."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.launches, self.inside = 0, 0, False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.inside and not func.is_view:
+            self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_dispatches(h):
+    """[(ops, launches) of the forward, (ops, launches) of the backward] of one HSA call on ``h``."""
+    import mmhsa.attention.triton.family as family
+
+    counter = DispatchCount()
+
+    class Counted:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                counter.launches += 1
+                counter.inside = True
+                try:
+                    return self.kernel[grid](*args, **kwargs)
+                finally:
+                    counter.inside = False
+            return launch
+
+    q, k, v = (torch.randn(h.num_leaves, 2, 16, device=DEVICE, requires_grad=True) for _ in range(3))
+    hsa(q, k, v, h, backend="triton").sum().backward()  # first call: the plan's tables
+    counts = []
+    with pytest.MonkeyPatch.context() as patch, counter:
+        for name in ("_family_fwd", "_family_bwd_dkdv", "_family_bwd_dq"):
+            patch.setattr(family, name, Counted(getattr(family, name)))
+        out = hsa(q, k, v, h, backend="triton")
+        counts.append((counter.ops, counter.launches))
+        counter.ops = counter.launches = 0
+        out.sum().backward()
+        counts.append((counter.ops, counter.launches))
+    return counts
+
+
+def test_dispatches_depend_on_depth_not_size():
+    """The torch side loops over depth only: a 4-level video tree dispatches the same ops at 32 and at
+    1,568 leaves, within a budget (79 forward and 130 backward when set: more means more GPU launches
+    per call), plus one kernel launch per family-size bucket forward and two backward."""
+    def video(clips, frames, side):
+        return Hierarchy.regular([clips, frames, (side, side)], kinds=["video", "clip", "frame", "patch"],
+                                 domains=["time", "index", "grid"]).to(DEVICE)
+
+    (small_fwd, small_launches), (small_bwd, small_bwd_launches) = count_dispatches(video(2, 4, 2))
+    (fwd, launches), (bwd, bwd_launches) = count_dispatches(video(4, 8, 7))
+    assert (small_fwd, small_bwd) == (fwd, bwd)
+    assert fwd <= 80 and bwd <= 135, (fwd, bwd)
+    assert (small_launches, small_bwd_launches) == (1, 2)  # every family has at most 16 members: one bucket
+    assert (launches, bwd_launches) == (2, 4)  # frames of 49 patches in their own bucket
