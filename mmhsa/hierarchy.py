@@ -75,7 +75,15 @@ class LevelPlan:
                 moved[f.name] = value.to(device)
             elif f.name == "families":
                 moved[f.name] = tuple(None if lay is None else lay.to(device) for lay in value)
-        return replace(self, **moved)
+        out = replace(self, **moved)
+        # A host copy of the family arrays travels along: the Triton launcher builds its block tables from
+        # them, and reading them back from a GPU would synchronise it on every new hierarchy (every batch).
+        host = self.__dict__.get("_host_families")
+        if host is None and self.family_start.device.type == "cpu":
+            host = (self.family_start, self.family_size)
+        if host is not None:
+            out.__dict__["_host_families"] = host
+        return out
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,19 @@ def test_block_tables_cover_every_family_row(dtype, block_d):
     assert torch.equal(covered, expected)
 
 
+def test_block_tables_never_read_the_device():
+    """A plan moved to a device keeps host copies of its family arrays, so building the launch tables
+    never reads device memory (on a GPU: no synchronisation per batch). The meta device holds no data:
+    reading it back would fail."""
+    from mmhsa.attention.triton import block_tables, buckets
+
+    h = odd_families()
+    table = buckets(torch.float16, 64)
+    on_meta = block_tables(h.to("meta").plan, table)
+    for (bucket, *arrays), (same, *expected) in zip(on_meta, block_tables(h.plan, table), strict=True):
+        assert bucket == same and all(a.device.type == "meta" and a.shape == e.shape for a, e in zip(arrays, expected))
+
+
 def test_wide_offsets_match(monkeypatch):
     """The 64-bit-offset kernels (chosen for tensors of 2^31+ elements) give what the 32-bit ones give."""
     import mmhsa.attention.triton.family as family
