@@ -22,6 +22,14 @@ def triton_available(device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
 
 
+def auto_backend(device: torch.device, dtype: torch.dtype) -> str:
+    """What ``backend="auto"`` runs: the Triton kernels on CUDA, except for float64 inputs (the kernels
+    compute in fp32, and float64 is what one asks for when checking), the torch backend elsewhere."""
+    if device.type == "cuda" and dtype != torch.float64 and triton_available(device):
+        return "triton"
+    return "torch"
+
+
 def hsa(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -45,7 +53,7 @@ def hsa(
         scale: logit scale (default 1/sqrt(D)).
         backend: "torch" (exact dynamic program, any device), "triton" (the family pass as Triton
             kernels: CUDA, or CPU under TRITON_INTERPRET=1), "reference" (dense theta, slow),
-            "auto" (triton on CUDA, torch elsewhere).
+            "auto" (triton on CUDA unless the inputs are float64, torch elsewhere).
 
     Returns:
         [N, H, Dv] in the dtype of ``v``.
@@ -53,7 +61,7 @@ def hsa(
     if backend not in BACKENDS:
         raise ValueError(f"unknown HSA backend {backend!r}; expected one of {BACKENDS}")
     if backend == "auto":
-        backend = "triton" if q.device.type == "cuda" and triton_available(q.device) else "torch"
+        backend = auto_backend(q.device, q.dtype)
     kwargs = dict(pos=pos, include_self=include_self, scale=scale)
     if backend == "reference":
         return hsa_reference(q, k, v, hierarchy, **kwargs)

@@ -138,6 +138,16 @@ def test_wide_offsets_match(monkeypatch):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m: f"{name}: {m}")
 
 
+def test_auto_backend_choice():
+    """Triton on CUDA, except for float64 (the kernels compute in fp32); torch on CPU."""
+    from mmhsa.attention.dispatch import auto_backend
+
+    cuda = torch.device("cuda")
+    assert auto_backend(cuda, torch.bfloat16) == auto_backend(cuda, torch.float32) == "triton"
+    assert auto_backend(cuda, torch.float64) == "torch"
+    assert auto_backend(torch.device("cpu"), torch.float32) == "torch"
+
+
 def test_auto_is_torch_on_cpu():
     h = Hierarchy.from_nested([0, 1, 2])
     q = torch.randn(3, 1, 4)
