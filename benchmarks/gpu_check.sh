@@ -16,12 +16,14 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" \
   | tee -a "$OUT/gpu.txt" || exit 1
 
-$PY -m pytest -q -p no:cacheprovider tests/mmhsa/test_triton.py tests/mmhsa/test_compile.py \
+# Each step has a time limit so that one stuck step leaves time (and output) for the other.
+timeout 300 $PY -m pytest -q -p no:cacheprovider tests/mmhsa/test_triton.py tests/mmhsa/test_compile.py \
   "tests/pipelines/test_tasks.py::test_bf16_mixed_precision" 2>&1 | tee "$OUT/gpu_tests.log"
 tests=$?
 
 # Peak memory (a fresh process per method and pass) is left to the CPU runs: it would double the time here.
-$PY benchmarks/bench_op.py --device cuda --no-memory --out "$OUT/bench_op_cuda.json" 2>&1 | tee "$OUT/bench_op_cuda.log"
+# The table's rows are printed (and logged) as they come, so a run cut short still leaves its first rows.
+timeout 360 $PY benchmarks/bench_op.py --device cuda --no-memory --out "$OUT/bench_op_cuda.json" 2>&1 | tee "$OUT/bench_op_cuda.log"
 bench=$?
 
 echo "tests exit $tests, benchmark exit $bench"
