@@ -47,10 +47,16 @@ def make_inputs(h, heads, d, dv, seed, pos_dim=0):
     return q, k, v, pos
 
 
+NAMES = ("out", "dq", "dk", "dv", "dpos")
+
+
 def run(backend, h, q, k, v, pos, dtype, include_self, weight):
+    """[out, dq, dk, dv] (+ dpos when ``pos`` is given) in float64 on the CPU."""
     xs = [x.detach().to(DEVICE, dtype).requires_grad_() for x in (q, k, v)]
-    p = None if pos is None else pos.to(DEVICE, dtype)
-    out = hsa(*xs, h.to(DEVICE), pos=p, include_self=include_self, backend=backend)
+    if pos is not None:
+        xs.append(pos.detach().to(DEVICE, dtype).requires_grad_())
+    out = hsa(*xs[:3], h.to(DEVICE), pos=xs[3] if pos is not None else None, include_self=include_self,
+              backend=backend)
     (out.float() * weight.to(DEVICE)).sum().backward()
     return [t.detach().to("cpu", F64) for t in [out] + [x.grad for x in xs]]
 
@@ -65,7 +71,8 @@ def test_fp32_matches_torch_backend(tree, head_dim):
     fast = run("triton", h, q, k, v, pos, torch.float32, include_self, w)
     ref = run("torch", h, q, k, v, pos, torch.float32, include_self, w)
     exact = run("reference", h, q, k, v, pos, F64, include_self, w)
-    for name, a, b, e in zip(("out", "dq", "dk", "dv"), fast, ref, exact):
+    assert len(fast) == (5 if pos is not None else 4)
+    for name, a, b, e in zip(NAMES, fast, ref, exact):
         assert torch.isfinite(a).all(), name
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name} vs torch: {m}")
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name} vs reference: {m}")
@@ -84,7 +91,7 @@ def test_low_precision_error_rule(dtype, tree):
     exact = run("reference", h, q, k, v, pos, F64, False, w)
     fast = run("triton", h, q, k, v, pos, dtype, False, w)
     base = run("reference", h, q, k, v, pos, dtype, False, w)  # upcasts once, then computes in fp32
-    for name, f, b, e in zip(("out", "dq", "dk", "dv"), fast, base, exact):
+    for name, f, b, e in zip(NAMES, fast, base, exact):
         err, err_base = (f - e).abs().max().item(), (b - e).abs().max().item()
         floor = ROUNDING[dtype] * e.abs().max().item()
         assert err <= 2 * err_base + floor, f"{name}: {err:.3g} > 2 x {err_base:.3g} + {floor:.3g}"
@@ -134,7 +141,7 @@ def test_wide_offsets_match(monkeypatch):
     narrow = run("triton", h, q, k, v, pos, torch.float32, False, w)
     monkeypatch.setattr(family, "INT32_OFFSETS_MAX", 0)
     wide = run("triton", h, q, k, v, pos, torch.float32, False, w)
-    for name, a, b in zip(("out", "dq", "dk", "dv"), wide, narrow):
+    for name, a, b in zip(NAMES, wide, narrow):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m: f"{name}: {m}")
 
 
