@@ -5,7 +5,8 @@ times, in one process so that ratios are like for like:
 
 - ``hsa``: mmhsa.hsa, backend "torch" on CPU, "triton" on CUDA (plus ``hsa_torch`` there);
 - ``hsa_compiled``: the same under ``torch.compile`` (the tree passes compiled; on CUDA the Triton
-  family pass runs as it is), timed after the compile;
+  family pass runs as it is), timed after the compile; on CUDA also ``hsa_graphs``, compiled with
+  ``mode="reduce-overhead"`` (CUDA graphs: no per-kernel launch cost on the host);
 - ``flat``: ``scaled_dot_product_attention`` over all leaves (skipped above ``--flat-max`` leaves);
 - ``blockdiag``: attention inside each leaf family only (frames, sentences), the work HSA cannot
   avoid, so its floor: one ``scaled_dot_product_attention`` call per family size on CPU,
@@ -22,7 +23,8 @@ each call pays page faults; ``--malloc tuned`` (the default) re-runs the script 
 freed memory (``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``), as PyTorch's CPU tuning guides
 recommend a caching allocator. Both sides of every ratio run under the same allocator.
 
-    python benchmarks/bench_op.py [--device cuda] [--malloc default] [--quick]
+    python benchmarks/bench_op.py [--device cuda] [--malloc default] [--quick] [--methods hsa,flat]
+                                  [--cases "video 8x8x196"]
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from mmhsa import Hierarchy, hsa  # noqa: E402
 
 TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 OUT_DIR = Path(__file__).resolve().parent / "results"
+HSA_METHODS = ("hsa", "hsa_compiled", "hsa_graphs", "hsa_torch")
 
 
 # ------------------------------------------------------------------ cases
@@ -101,7 +104,7 @@ def make_methods(h: Hierarchy, q, k, v) -> dict:
     groups = leaf_family_groups(h)
     backend = "triton" if q.is_cuda else "torch"
     torch._dynamo.reset()  # every case compiles afresh (the lambda's code object would pile up entries)
-    compiled = torch.compile(lambda q, k, v: hsa(q, k, v, h, backend=backend))
+    compiled = torch.compile(lambda q, k, v: hsa(q, k, v, h, backend=backend))  # compiles on the first call
 
     def blockdiag():
         outs = []
@@ -120,6 +123,8 @@ def make_methods(h: Hierarchy, q, k, v) -> dict:
         "blockdiag": blockdiag,
     }
     if q.is_cuda:
+        graphed = torch.compile(lambda q, k, v: hsa(q, k, v, h, backend=backend), mode="reduce-overhead")
+        methods["hsa_graphs"] = lambda: graphed(q, k, v)
         methods["hsa_torch"] = lambda: hsa(q, k, v, h, backend="torch")
         methods["blockdiag"] = varlen_blockdiag(h, q, k, v) or blockdiag
     return methods
@@ -251,6 +256,9 @@ def main() -> None:
     ap.add_argument("--malloc", choices=["tuned", "default"], default="tuned")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--quick", action="store_true", help="tiny cases (a smoke run)")
+    ap.add_argument("--methods", default=None,
+                    help="comma-separated subset of hsa,hsa_compiled,hsa_graphs,hsa_torch,flat,blockdiag")
+    ap.add_argument("--cases", default=None, help="comma-separated substrings of case names (default: all)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/bench_op_<device>.json)")
     ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -268,13 +276,20 @@ def main() -> None:
     if roofline:
         print(f"measured roofline: {roofline['matmul_tflops']:.0f} TFLOP/s (bf16 matmul), "
               f"{roofline['copy_gbps']:.0f} GB/s (copy)")
-    rows = []
+    wanted = None if args.methods is None else args.methods.split(",")
+    rows, header = [], None
     for ci, (name, h) in enumerate(cases(args.quick)):
+        if args.cases and not any(part in name for part in args.cases.split(",")):
+            continue
         h = h.to(args.device)
         n = h.num_leaves
         for backward in (False, True):
             q, k, v = inputs(h, args.heads, args.dim, dtype, args.device, grad=backward)
             methods = make_methods(h, q, k, v)
+            unknown = set(wanted or ()) - set(methods)
+            if unknown:
+                raise SystemExit(f"unknown method(s) {sorted(unknown)} on {args.device}; have {sorted(methods)}")
+            methods = {m: fn for m, fn in methods.items() if wanted is None or m in wanted}
             row = {"case": name, "leaves": n, "nodes": h.num_nodes, "pass": "fwd+bwd" if backward else "fwd"}
             for method, fn in methods.items():
                 if method == "flat" and n > args.flat_max:
@@ -283,21 +298,22 @@ def main() -> None:
                 row[f"{method}_ms"] = time_ms(fn, backward, reps, args.device)
                 if not args.no_memory and method != "flat":
                     row[f"{method}_peak_mb"] = peak_memory_mb(ci, method, backward, args)
-            row["hsa/blockdiag"] = row["hsa_ms"] / row["blockdiag_ms"]
-            row["compiled/blockdiag"] = row["hsa_compiled_ms"] / row["blockdiag_ms"]
+            for method in HSA_METHODS:  # ratios against the floor and against flat attention
+                if f"{method}_ms" in row and "blockdiag_ms" in row:
+                    row[f"{method}/blockdiag"] = row[f"{method}_ms"] / row["blockdiag_ms"]
+                if f"{method}_ms" in row and "flat_ms" in row:
+                    row[f"flat/{method}"] = row["flat_ms"] / row[f"{method}_ms"]
             if args.device == "cuda":  # achieved throughput (fwd+bwd counted as 3.5x the forward FLOPs)
                 io_bytes = 4 * n * args.heads * args.dim * q.element_size() * (2.5 if backward else 1)
                 for method in methods:
                     if f"{method}_ms" in row:
-                        flops = attention_flops(h, args.heads, args.dim, method.replace("_torch", ""))
+                        flops = attention_flops(h, args.heads, args.dim, method if method in ("flat", "blockdiag")
+                                                else "hsa")
                         seconds = row[f"{method}_ms"] / 1e3
                         row[f"{method}_tflops"] = flops * (3.5 if backward else 1) / seconds / 1e12
                         row[f"{method}_gbps"] = io_bytes / seconds / 1e9
-            if "flat_ms" in row:
-                row["flat/hsa"] = row["flat_ms"] / row["hsa_ms"]
-                row["flat/compiled"] = row["flat_ms"] / row["hsa_compiled_ms"]
             rows.append(row)
-            print_row(row, header=len(rows) == 1)
+            header = print_row(row, list(methods), args.device == "cuda", header)
     OUT_DIR.mkdir(exist_ok=True)
     stem = f"bench_op_{args.device}" + ("" if args.malloc == "tuned" or args.device != "cpu" else "_default_malloc")
     out = Path(args.out) if args.out else OUT_DIR / f"{stem}.json"
@@ -308,22 +324,26 @@ def main() -> None:
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
-def print_row(row: dict, header: bool) -> None:
-    cols = [("case", 20, "{}"), ("leaves", 7, "{:,}"), ("pass", 8, "{}"), ("hsa_ms", 9, "{:.1f}"),
-            ("blockdiag_ms", 12, "{:.1f}"), ("flat_ms", 9, "{:.0f}"), ("hsa/blockdiag", 13, "{:.2f}"),
-            ("flat/hsa", 9, "{:.1f}"), ("hsa_compiled_ms", 15, "{:.1f}"), ("compiled/blockdiag", 18, "{:.2f}"),
-            ("flat/compiled", 13, "{:.1f}"), ("hsa_peak_mb", 11, "{:.0f}"), ("hsa_compiled_peak_mb", 20, "{:.0f}"),
-            ("blockdiag_peak_mb", 17, "{:.0f}")]
-    if "hsa_torch_ms" in row:
-        cols += [("hsa_torch_ms", 12, "{:.1f}"), ("hsa_tflops", 10, "{:.1f}"), ("hsa_gbps", 8, "{:.0f}"),
-                 ("flat_tflops", 11, "{:.1f}"), ("blockdiag_tflops", 16, "{:.1f}")]
-    if header:
-        print(" ".join(f"{c:>{w}}" for c, w, _ in cols))
+def print_row(row: dict, methods: list[str], cuda: bool, header: list | None) -> list:
+    """Print one table row (and the header first, when ``header`` is None); returns the columns used."""
+    if header is None:
+        hsa_like = [m for m in HSA_METHODS if m in methods]
+        header = [("case", 20, "{}"), ("leaves", 7, "{:,}"), ("pass", 8, "{}")]
+        header += [(f"{m}_ms", max(len(m) + 3, 9), "{:.1f}") for m in methods]
+        header += [(f"{m}/blockdiag", len(m) + 10, "{:.2f}") for m in hsa_like if "blockdiag" in methods]
+        header += [(f"flat/{m}", len(m) + 5, "{:.1f}") for m in hsa_like if "flat" in methods]
+        if cuda:
+            header += [(f"{m}_tflops", len(m) + 7, "{:.1f}") for m in methods]
+            header += [(f"{m}_gbps", len(m) + 5, "{:.0f}") for m in methods]
+        else:
+            header += [(f"{m}_peak_mb", len(m) + 8, "{:.0f}") for m in methods if m != "flat"]
+        print(" ".join(f"{c:>{w}}" for c, w, _ in header))
     cells = []
-    for c, w, fmt in cols:
+    for c, w, fmt in header:
         value = row.get(c)
         cells.append(f"{'-' if value is None else fmt.format(value):>{w}}")
     print(" ".join(cells), flush=True)
+    return header
 
 
 def plot(rows: list[dict], path: Path, meta: dict) -> None:
@@ -337,7 +357,8 @@ def plot(rows: list[dict], path: Path, meta: dict) -> None:
         for kind, marker in (("video", "o"), ("text", "s")):
             sel = sorted((r for r in rows if r["pass"] == pass_name and r["case"].startswith(kind)),
                          key=lambda r: r["leaves"])
-            for method, color in (("hsa", "C0"), ("hsa_compiled", "C1"), ("blockdiag", "C2"), ("flat", "C3")):
+            for method, color in (("hsa", "C0"), ("hsa_compiled", "C1"), ("hsa_graphs", "C4"),
+                                  ("hsa_torch", "C5"), ("blockdiag", "C2"), ("flat", "C3")):
                 pts = [(r["leaves"], r[f"{method}_ms"]) for r in sel if f"{method}_ms" in r]
                 if pts:
                     ax.plot(*zip(*pts), marker=marker, color=color, linestyle="-" if kind == "video" else "--",
