@@ -78,7 +78,7 @@ def block_tables(plan: LevelPlan,
         fam = torch.repeat_interleave(torch.arange(len(s)), per_family)
         first = torch.arange(len(fam)) - torch.repeat_interleave(torch.cumsum(per_family, 0) - per_family, per_family)
         device = plan.family_start.device
-        tables.append((bucket, s[fam].int().to(device), n[fam].int().to(device), (first * bucket.block).int().to(device)))
+        tables.append((bucket, *(x.int().to(device) for x in (s[fam], n[fam], first * bucket.block))))
     cache[key] = tables
     return tables
 
