@@ -52,6 +52,9 @@ class LevelPlan:
     level_leaf_first: tuple[int | None, ...]  # first leaf id if level d is exactly leaves a..a+size-1
     family_start: torch.Tensor  # [F] level-order position of each family's first child (varlen starts)
     family_size: torch.Tensor  # [F] children per family
+    # (family_start, family_size) kept on the CPU wherever the plan goes: the Triton launcher builds its
+    # block tables from them, and reading them back from a GPU would synchronise it on every new hierarchy.
+    family_host: tuple[torch.Tensor, torch.Tensor]
     families: tuple["FamilyLayout | None", ...]  # per level (None for the roots' level)
 
     @property
@@ -75,15 +78,7 @@ class LevelPlan:
                 moved[f.name] = value.to(device)
             elif f.name == "families":
                 moved[f.name] = tuple(None if lay is None else lay.to(device) for lay in value)
-        out = replace(self, **moved)
-        # A host copy of the family arrays travels along: the Triton launcher builds its block tables from
-        # them, and reading them back from a GPU would synchronise it on every new hierarchy (every batch).
-        host = self.__dict__.get("_host_families")
-        if host is None and self.family_start.device.type == "cpu":
-            host = (self.family_start, self.family_size)
-        if host is not None:
-            out.__dict__["_host_families"] = host
-        return out
+        return replace(self, **moved)  # family_host, a tuple, stays on the CPU
 
 
 @dataclass(frozen=True)
@@ -307,7 +302,8 @@ class Hierarchy:
             has_sibling=t(siblings >= 2), leaf_pos=t(leaf_pos), leaves_by_level=t(leaves_by_level),
             leaves_local=t(leaves_local), leaf_level_ptr=tuple(int(x) for x in leaf_level_ptr),
             level_leaf_first=tuple(level_leaf_first),
-            family_start=t(family_start), family_size=t(family_size), families=tuple(families),
+            family_start=t(family_start), family_size=t(family_size),
+            family_host=(t(family_start), t(family_size)), families=tuple(families),
         )
 
     # -------------------------------------------------------------- builders

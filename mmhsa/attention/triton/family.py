@@ -64,7 +64,7 @@ def block_tables(plan: LevelPlan,
     key = (plan.family_start.device, table)
     if key in cache:
         return cache[key]
-    start, size = plan.__dict__.get("_host_families") or (plan.family_start.cpu(), plan.family_size.cpu())
+    start, size = plan.family_host
     tables, smallest = [], 2  # families of one child get no blocks
     for bucket in table:
         chosen = size >= smallest
