@@ -19,13 +19,18 @@ pytest.importorskip("triton")
 STACK_NOISE_BYTES = 16
 
 
+def outside_interpreter(*args: str) -> str:
+    """Run ``python *args`` without TRITON_INTERPRET (real kernels to compile); its stdout."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
+
+
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory):
     out = tmp_path_factory.mktemp("resources") / "rows.json"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-m", "mmhsa.attention.triton.resources", "--arch", "80", "86", "90",
-                          "--json", str(out)], env=env, capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
+    outside_interpreter("-m", "mmhsa.attention.triton.resources", "--arch", "80", "86", "90", "--json", str(out))
     return json.loads(out.read_text())
 
 
@@ -52,10 +57,7 @@ def compiled(call: str) -> str:
     """Run ``compile_usage(...)`` (written as ``call``) outside the interpreter; its printed result."""
     code = ("import torch; from mmhsa.attention.triton.resources import compile_usage, KERNELS;"
             f"from mmhsa.attention.triton.family import Bucket; print({call})")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return res.stdout.strip().splitlines()[-1]
+    return outside_interpreter("-c", code).strip().splitlines()[-1]
 
 
 def test_the_check_catches_a_spilling_configuration():
