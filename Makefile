@@ -14,10 +14,10 @@ PY := $(VENV)/bin/python
 DEPS_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 
-.PHONY: help setup prepare train test bench-op demo bench-index bench-inject probe-motion
+.PHONY: help setup prepare train test test-fast lint bench-op demo bench-index bench-inject probe-motion
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 setup: $(STAMP)  ## create .venv with pip and install the project (editable) and its test tools
 
@@ -30,10 +30,17 @@ prepare: setup  ## generate the embedded corpus if missing and prepare it for re
 	$(PY) -m data_prep.prepare -c configs/data/synthetic.yaml $(ARGS)
 
 train: prepare  ## train retrieval and QA on the embedded corpus (HSA vs flat attention vs mean pooling), print the test table
-	$(PY) -m pipelines.train_all $(ARGS)
+	$(PY) -m pipelines.train.run_all $(ARGS)
 
 test: setup  ## run the whole test suite in one pytest process (CPU; Triton under TRITON_INTERPRET=1)
 	@$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 0; fi; exit $$rc
+
+test-fast: setup  ## the inner loop: every test not marked slow
+	@$(PY) -m pytest -q -m "not slow" tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 0; fi; exit $$rc
+
+lint: setup  ## ruff: lint rules and the formatter's check (configured in pyproject.toml)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench-op: setup  ## operator benchmark: HSA vs flat and block-diagonal SDPA (ARGS="--device cuda" on a GPU)
 	$(PY) benchmarks/bench_op.py $(ARGS)

@@ -4,7 +4,7 @@
    TransNetV2 shots, EfficientNet-Lite0 patches, the HSA dual encoder) over ``--videos`` videos of the
    embedded corpus; videos/min, frames/s per stage, and the model's share (the rest of the wall time).
 2. Search: an index of synthetic unit embeddings (10k and 100k clips, 128-d, 8 clips per video),
-   exact top-10 by chunked matrix products (:func:`pipelines.search.top_k`) against the plain
+   exact top-10 by chunked matrix products (:func:`pipelines.infer.search.top_k`) against the plain
    alternative in the same run (the full score matrix, then a full sort); plus the latency of one real
    query end to end on the index of step 1 (query text -> MiniLM -> HSA text tower -> search).
 
@@ -30,8 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.index import build_index  # noqa: E402
-from pipelines.search import Searcher, top_k  # noqa: E402
+from pipelines.infer.index import build_index  # noqa: E402
+from pipelines.infer.search import Searcher, top_k  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:

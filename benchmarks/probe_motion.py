@@ -31,9 +31,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmhsa.nn import PathEmbedding, pool_nodes  # noqa: E402
-from pipelines.data import ShardDataModule, Trees, retrieval_collate  # noqa: E402
-from pipelines.model import KEYS  # noqa: E402
-from pipelines.retrieval import RetrievalModule  # noqa: E402
+from pipelines.train.batches import Trees, retrieval_collate  # noqa: E402
+from pipelines.train.data import ShardDataModule  # noqa: E402
+from data_prep.schema import ROOT_KEYS  # noqa: E402
+from pipelines.train.retrieval import RetrievalModule  # noqa: E402
 
 DIRECTIONS = ["up", "down", "left", "right"]
 EARLIER = {"features": 16, "min_seconds": 1.0, "relative_time": False, "init_std": 0.02}
@@ -65,7 +66,7 @@ def probe(data: ShardDataModule, truth: dict, mixer: str, positions: dict | None
     encoder = RetrievalModule(dim=128, depth=2, heads=4, pos_dim=8, dropout=0.0, mixer=mixer,
                               content_position=True, frame_differences=frame_differences).encoder
     if positions is not None:
-        encoder.path = PathEmbedding(encoder.dim, KEYS, **positions)
+        encoder.path = PathEmbedding(encoder.dim, ROOT_KEYS, **positions)
     head = torch.nn.Linear(encoder.dim, len(DIRECTIONS))
     optimizer = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=1e-3)
     train = list(data.splits["train"])

@@ -12,21 +12,21 @@ tokens) under one root, with the position metadata each family's domain needs.
                 └── token  ◀ leaf (modality "text")
 
 Limits (clips per video, frames per clip, sentences per section, tokens per sentence) are applied by
-deterministic even subsampling and counted in :attr:`Sample.dropped`, never silently.
+deterministic even subsampling and counted in :attr:`~data_prep.schema.Sample.dropped`, never silently.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from mmhsa import Hierarchy
 
-__all__ = ["ClipLeaves", "Limits", "Sample", "TextLeaves", "assemble", "even_subsample"]
+from .schema import Sample, modality_id
 
-MODALITIES = ("video", "text")
+__all__ = ["ClipLeaves", "Limits", "TextLeaves", "assemble", "even_subsample"]
 
 
 @dataclass
@@ -74,27 +74,6 @@ class Limits:
         for name in ("max_clips", "max_frames", "max_sections", "max_sentences", "max_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Limits.{name} must be >= 1, got {getattr(self, name)}")
-
-
-@dataclass
-class Sample:
-    """A sample's hierarchy and its leaf features, leaves in hierarchy order.
-
-    Attributes:
-        id: the sample's id.
-        hierarchy: one tree (root = the sample).
-        features: per modality, [N_m, C_m] fp16 rows of that modality's leaves in leaf order.
-        leaf_modality: [N] index into :data:`MODALITIES` for each leaf.
-        dropped: what the limits removed, e.g. {"clips": 3, "tokens": 10}.
-        meta: free-form metadata (question type, answer index, source path, ...).
-    """
-
-    id: str
-    hierarchy: Hierarchy
-    features: dict[str, torch.Tensor]
-    leaf_modality: torch.Tensor
-    dropped: dict[str, int] = field(default_factory=dict)
-    meta: dict = field(default_factory=dict)
 
 
 def even_subsample(count: int, limit: int) -> list[int]:
@@ -201,14 +180,14 @@ def assemble(
         if video:
             start = len(b.parent)
             _add_video(b, root, video, limits, dropped, video_rows)
-            modality += [0] * sum(k == "patch" for k in b.kind[start:])
+            modality += [modality_id("video")] * sum(k == "patch" for k in b.kind[start:])
             keys.append("video")
         for key, text in texts.items():
             if not any(len(x) for section in text.sections for x in section):
                 raise ValueError(f"text {key!r} has no tokens")
             start = len(b.parent)
             _add_text(b, root, key, text, limits, dropped, text_rows)
-            modality += [1] * sum(k == "token" for k in b.kind[start:])
+            modality += [modality_id("text")] * sum(k == "token" for k in b.kind[start:])
             keys.append(key)
     except ValueError as err:
         raise ValueError(f"sample {sample_id!r}: {err}") from None

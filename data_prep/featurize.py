@@ -4,7 +4,7 @@
 one stream), splits them into clips, samples frames and encodes them into patch grids;
 :class:`TextFeaturizer` encodes sections of sentences into token features (cached per sentence).
 Both count seconds and items per stage in a shared :class:`Stages`, so every caller reports the same
-throughput table. Training data (``data_prep.prepare``) and videos indexed later (``pipelines.index``)
+throughput table. Training data (``data_prep.prepare``) and videos indexed later (``pipelines.infer.index``)
 go through this same code with the same settings, which is what makes a trained model's embeddings of
 new videos comparable to what it saw.
 """
@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -22,12 +23,12 @@ import torch
 from mmhsa.encoders.frames import PatchEncoder, PatchEncoderConfig
 from mmhsa.encoders.text import TextEncoderConfig, build_text_encoder
 
-from .assemble import ClipLeaves, TextLeaves, even_subsample
+from .assemble import ClipLeaves, Limits, TextLeaves, even_subsample
 from .clips import (Clip, ShotConfig, ShotDetector, WindowConfig, clips_from_shots, fixed_windows, sample_frames,
                     shot_starts, small_frames)
-from .video import BACKENDS, Video, VideoError, open_video
+from .video import DECODERS, Video, VideoError, open_video
 
-__all__ = ["Opened", "Stages", "TextFeaturizer", "VideoConfig", "VideoFeaturizer"]
+__all__ = ["VIDEO_ERRORS", "Featurization", "Opened", "Stages", "TextFeaturizer", "VideoConfig", "VideoFeaturizer"]
 
 # What a bad video raises anywhere in decoding, shot scoring or encoding (decoders report corrupt data
 # as RuntimeError/IndexError too); caught per video so the rest of a run goes on.
@@ -56,8 +57,8 @@ class VideoConfig:
     group_size: int = 16
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"VideoConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend not in DECODERS:
+            raise ValueError(f"VideoConfig.backend must be one of {DECODERS}, got {self.backend!r}")
         if self.clips not in ("shots", "windows"):
             raise ValueError(f"VideoConfig.clips must be 'shots' or 'windows', got {self.clips!r}")
         if (self.frames_per_clip is None) == (self.frames_per_second is None):
@@ -119,10 +120,6 @@ class VideoFeaturizer:
         self.encoder = PatchEncoder(frames, device=device)
         self.detector = ShotDetector(device) if config.clips == "shots" else None
 
-    @property
-    def clips_id(self) -> str:
-        return "transnetv2" if self.detector else "fixed windows"
-
     def open_group(self, paths: Sequence[Path]) -> list[Opened]:
         """Open each video and score its shots (one packed TransNetV2 stream for the group)."""
         opened, small = [], []
@@ -181,6 +178,24 @@ class VideoFeaturizer:
                              patches[[row[i] for i in frames]], list(frames)) for c, frames in zip(kept, chosen)]
         return leaves, len(clips) - len(kept)
 
+    def featurize(self, opened: Opened, max_clips: int | None = None) -> list[ClipLeaves]:
+        """An opened video (:meth:`open_group`) split into clips and encoded, clips beyond ``max_clips``
+        evenly subsampled: what inference does with each new video.
+
+        Raises:
+            ValueError: naming the video and the problem (it could not be opened or decoded, or no clip is
+                long enough to sample frames from).
+        """
+        if opened.video is None:
+            raise ValueError(opened.error)
+        try:
+            clips, _ = self.encode(opened.video, self.clips(opened), max_clips)
+        except VIDEO_ERRORS as err:
+            raise ValueError(f"{opened.path}: {err}") from None
+        if not clips:
+            raise ValueError(f"{opened.path}: no clip long enough to sample frames from")
+        return clips
+
 
 class TextFeaturizer:
     """Sections of sentences -> token features, cached per sentence (annotations repeat a lot).
@@ -204,3 +219,41 @@ class TextFeaturizer:
                 for sentence, (_, features) in zip(new, self.encoder.encode(new)):
                     self.cache[sentence] = features
         return TextLeaves([[self.cache[s] for s in section] for section in sections])
+
+
+@dataclass(frozen=True)
+class Featurization:
+    """How inputs become leaves: the preparation settings a model was trained with."""
+
+    video: VideoConfig
+    frames: PatchEncoderConfig
+    text: TextEncoderConfig
+    limits: Limits
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Featurization":
+        """From a prepared manifest's ``config`` (or a data recipe): keys video, frames, text, limits."""
+        from jsonargparse import ArgumentParser
+
+        parser = ArgumentParser()  # builds the nested dataclasses from plain dicts, checking every field
+        parser.add_class_arguments(cls, nested_key=None)
+        return cls(**parser.instantiate_classes(parser.parse_object({k: config.get(k, {}) for k in
+                                                                     ("video", "frames", "text", "limits")})))
+
+    @classmethod
+    def from_prepared(cls, source: str | Path) -> "Featurization":
+        """From a prepared task directory (its manifest.json) or a data recipe YAML (configs/data/*.yaml)."""
+        source = Path(source)
+        if source.is_dir():
+            manifest = source / "manifest.json"
+            if not manifest.is_file():
+                raise FileNotFoundError(f"{source}: not a prepared task directory (no manifest.json)")
+            return cls.from_config(json.loads(manifest.read_text(encoding="utf-8"))["config"])
+        if not source.is_file():
+            raise FileNotFoundError(f"{source}: no such prepared directory or data recipe")
+        import yaml
+
+        return cls.from_config(yaml.safe_load(source.read_text(encoding="utf-8")) or {})
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -36,7 +36,8 @@ import torch
 from mmhsa.encoders.frames import PatchEncoderConfig
 from mmhsa.encoders.text import TextEncoderConfig
 
-from .assemble import ClipLeaves, Limits, Sample, TextLeaves, assemble
+from .assemble import ClipLeaves, Limits, TextLeaves, assemble
+from .schema import Sample
 from .featurize import VIDEO_ERRORS, Opened, Stages, TextFeaturizer, VideoConfig, VideoFeaturizer
 from .datasets import CaptionItem, QAItem, read_jsonl_folder, read_msrvtt, read_nextqa
 from .shards import ShardWriter

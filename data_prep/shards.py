@@ -1,6 +1,6 @@
 """Prepared datasets on disk: shards of assembled samples, a manifest and a failure report.
 
-    <dir>/manifest.json     config and its hash, encoder ids, library versions, counts, shard list
+    <dir>/manifest.json     config and its hash, encoder ids, feature widths, library versions, counts, shard list
                             (file, samples, sha256, ids)
     <dir>/shard-00000.pt    a list of samples: hierarchy arrays + metadata + fp16 leaf features
     <dir>/failures.jsonl    one line per input that failed: id, source, stage, error
@@ -24,7 +24,7 @@ import torch
 
 from mmhsa import Hierarchy
 
-from .assemble import Sample
+from .schema import Sample
 
 __all__ = ["ShardDataset", "ShardWriter", "atomic_write", "config_hash", "file_sha256", "read_failures"]
 
@@ -118,8 +118,9 @@ class ShardWriter:
                     f"config {self.hash}; use another directory or delete it"
                 )
             self.shards = old["shards"]
+            self.feature_dims: dict[str, int] = dict(old.get("feature_dims", {}))
         else:
-            self.shards = []
+            self.shards, self.feature_dims = [], {}
         self.encoders = dict(encoders or {})
         self.done_ids = {i for s in self.shards for i in s["ids"]}
         self.failures = {f["id"]: f for f in read_failures(self.dir)}
@@ -132,6 +133,11 @@ class ShardWriter:
     def add(self, sample: Sample) -> None:
         if sample.id in self.done_ids or any(s.id == sample.id for s in self.buffer):
             raise ValueError(f"sample {sample.id!r} was already written")
+        for modality, rows in sample.features.items():  # the model's input widths (data_prep.schema.feature_dims)
+            width = int(rows.shape[-1])
+            if self.feature_dims.setdefault(modality, width) != width:
+                raise ValueError(f"sample {sample.id!r}: {modality} features are {width} wide, the samples before "
+                                 f"it in {self.dir} {self.feature_dims[modality]}")
         self.buffer.append(sample)
         self.failures.pop(sample.id, None)
         if len(self.buffer) >= self.shard_size:
@@ -168,6 +174,7 @@ class ShardWriter:
             "config": self.config,
             "config_hash": self.hash,
             "encoders": self.encoders,
+            "feature_dims": self.feature_dims,
             "versions": {"mmhsa": mmhsa.__version__, "torch": torch.__version__},
             "counts": {
                 "samples": sum(s["samples"] for s in self.shards),

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BACKENDS", "Video", "VideoError", "open_video", "resize"]
+__all__ = ["DECODERS", "Video", "VideoError", "open_video", "resize"]
 
-BACKENDS = ("auto", "decord", "pyav")
+DECODERS = ("auto", "decord", "pyav")  # the video decoders open_video can use
 
 
 class VideoError(ValueError):
@@ -417,8 +417,8 @@ def open_video(path: str | os.PathLike, backend: str = "auto") -> Video:
             stream, or is truncated or corrupt; or decord was asked for and cannot read it.
         ValueError: an unknown backend.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend not in DECODERS:
+        raise ValueError(f"backend must be one of {DECODERS}, got {backend!r}")
     return Video(Path(path), backend)
 
 

@@ -2,11 +2,11 @@
 
 ``mmhsa info`` reports the installed stack and which HSA backends can run here; ``mmhsa prepare ...``
 is ``python -m data_prep.prepare ...`` (videos and annotations into hierarchy shards);
-``mmhsa fit|validate|test -c configs/<recipe>.yaml [--trainer.max_epochs=3 --model.init_args.depth=4 ...]``
-is the Lightning CLI over the task modules (:mod:`pipelines.retrieval`, :mod:`pipelines.qa`) and
-:class:`~pipelines.data.ShardDataModule` (``--print_config``, ``--ckpt_path`` to resume).
-``mmhsa index|search|ask|explain`` run trained models on videos (:mod:`pipelines.index`,
-:mod:`pipelines.search`, :mod:`pipelines.ask`, :mod:`pipelines.explain`). Exit status 2 on a usage or
+``mmhsa fit|validate|test|predict -c configs/<recipe>.yaml [--trainer.max_epochs=3 ...]`` is the Lightning
+CLI over the task modules (:mod:`pipelines.train.lightning_cli`; ``--print_config``, ``--ckpt_path`` to
+resume). ``mmhsa index|search|ask|explain`` run trained models on videos (:mod:`pipelines.infer.index`,
+:mod:`pipelines.infer.search`, :mod:`pipelines.infer.ask`, :mod:`pipelines.infer.explain`). This module
+only parses and dispatches: each command's work is done where it is named. Exit status 2 on a usage or
 input error (the message names it), 1 when some items failed (reported), 0 otherwise.
 """
 
@@ -41,18 +41,6 @@ def info() -> dict:
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 INFERENCE_COMMANDS = ("index", "search", "ask", "explain")
-
-
-def lightning_cli(argv: list[str], run: bool = True):
-    """The Lightning CLI: any :class:`~pipelines.model.FusionModule` (``model.class_path``) on shards."""
-    from lightning.pytorch.cli import LightningCLI
-
-    from pipelines.data import ShardDataModule
-    from pipelines.model import FusionModule
-
-    return LightningCLI(FusionModule, ShardDataModule, subclass_mode_model=True, args=argv, run=run,
-                        seed_everything_default=0, save_config_kwargs={"overwrite": True},
-                        parser_kwargs={"prog": "mmhsa"})
 
 
 def _add_model_args(parser: argparse.ArgumentParser, task: str) -> None:
@@ -99,7 +87,7 @@ def _inference_parsers(sub) -> None:
 
 def _run_inference(args) -> int:
     if args.command == "index":
-        from pipelines.index import build_index
+        from pipelines.infer.index import build_index
 
         devices = int(args.devices) if args.devices.isdigit() else args.devices
         report = build_index(args.videos, args.out, checkpoint=args.ckpt, prepared=args.prepared,
@@ -113,8 +101,8 @@ def _run_inference(args) -> int:
             _print_index_report(report)
         return 1 if report["failed"] else 0
     if args.command == "search":
-        from pipelines.inference import DEFAULT_CHECKPOINTS
-        from pipelines.search import Searcher
+        from pipelines.infer.checkpoints import DEFAULT_CHECKPOINTS
+        from pipelines.infer.search import Searcher
 
         reranker = (args.rerank_ckpt or str(DEFAULT_CHECKPOINTS["rerank"])) if args.rerank else None
         searcher = Searcher(args.index, args.ckpt, args.prepared, reranker=reranker)
@@ -133,7 +121,7 @@ def _run_inference(args) -> int:
             print("the index holds no videos yet")
         return 0
     if args.command == "ask":
-        from pipelines.ask import Asker, answer_csv, print_answer
+        from pipelines.infer.ask import Asker, answer_csv, print_answer
 
         asker = Asker(args.ckpt, args.prepared)
         if args.csv:
@@ -147,7 +135,7 @@ def _run_inference(args) -> int:
         result = asker.ask(args.video, args.question, args.choices)
         print(json.dumps(result, indent=1, ensure_ascii=False)) if args.json else print_answer(result)
         return 0
-    from pipelines.explain import explain
+    from pipelines.infer.explain import explain
 
     result = explain(args.video, args.text, args.out, checkpoint=args.ckpt, prepared=args.prepared)
     best = max(range(len(result["clips"])), key=result["clips"].__getitem__)
@@ -178,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return prepare_main(argv[1:])
     if argv[:1] and argv[0] in LIGHTNING_COMMANDS:
+        from pipelines.train.lightning_cli import lightning_cli
+
         lightning_cli(argv)
         return 0
     parser = argparse.ArgumentParser(prog="mmhsa", description="Multi-modal video understanding with HSA.")

@@ -10,7 +10,7 @@ from ..hierarchy import Hierarchy
 from .dynamic import hsa_torch
 from .reference import hsa_reference
 
-BACKENDS = ("auto", "torch", "triton", "reference")
+HSA_BACKENDS = ("auto", "torch", "triton", "reference")
 
 
 def triton_available(device: torch.device) -> bool:
@@ -41,7 +41,7 @@ def hsa(
     scale: float | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Hierarchical Self-Attention (hsa-math.md).
+    """Hierarchical Self-Attention (docs/operator.md).
 
     Args:
         q, k: [N, H, D] leaf queries and keys, leaves packed in hierarchy order.
@@ -58,8 +58,8 @@ def hsa(
     Returns:
         [N, H, Dv] in the dtype of ``v``.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown HSA backend {backend!r}; expected one of {BACKENDS}")
+    if backend not in HSA_BACKENDS:
+        raise ValueError(f"unknown HSA backend {backend!r}; expected one of {HSA_BACKENDS}")
     if backend == "auto":
         backend = auto_backend(q.device, q.dtype)
     kwargs = dict(pos=pos, include_self=include_self, scale=scale)

@@ -1,4 +1,4 @@
-"""The exact HSA operator as a vectorised two-pass dynamic program in PyTorch (hsa-math.md section 3).
+"""The exact HSA operator as a vectorised two-pass dynamic program in PyTorch (docs/operator.md section 3).
 
 Works on any device and dtype (fp16/bf16 inputs accumulate in fp32; fp64 stays fp64). Arrays are
 node-major like the inputs (``[nodes, H, C]``) and kept per level in *level order* (see
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..hierarchy import FamilyLayout, Hierarchy, LevelPlan
-from .family import family_attention
+from .family_torch import family_attention
 from .inputs import accumulation_dtype, check_inputs
 
 

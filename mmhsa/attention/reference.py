@@ -1,4 +1,4 @@
-"""Reference HSA: the dense attention matrix theta, straight from the formulas (hsa-math.md section 2).
+"""Reference HSA: the dense attention matrix theta, straight from the formulas (docs/operator.md section 2).
 
 Slow (O(M^2) memory) and meant for checking the fast paths and for plots; works in float64. Written
 independently of the dynamic program: block logits for every sibling pair, then theta assembled

@@ -1,6 +1,6 @@
 """Zero-shot HSA inside pretrained transformers (paper section 5.3, Table 3).
 
-HSA is the KL-closest block-constrained approximation of softmax attention (hsa-math.md, Thm 3.2),
+HSA is the KL-closest block-constrained approximation of softmax attention (docs/operator.md, Thm 3.2),
 so it can stand in for softmax attention in chosen layers of a trained model without training, and
 with ``include_self=True`` a flat hierarchy gives the model's own softmax back exactly.
 

@@ -44,7 +44,7 @@ def attention_flops(tree: Hierarchy | TokenHierarchy, heads: int, head_dim: int,
                       + N (d + dv) ]                     include_self: q_i.k_i and exp(R_i) v_i
 
     The scalar per-node work (lam, mu, R: a few operations per node and head, no d factor) is left
-    out, as softmax's exp and normalisation are. This is hsa-math.md's cost, sum_F b^2 d for the family
+    out, as softmax's exp and normalisation are. This is docs/operator.md's cost, sum_F b^2 d for the family
     attentions plus O((N + M) d), written out.
 
     Args:

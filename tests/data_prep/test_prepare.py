@@ -17,8 +17,7 @@ from data_prep.prepare import PrepareConfig, TaskConfig, VideoConfig, main, prep
 from data_prep.shards import ShardDataset, read_failures
 from data_prep.synthetic import CorpusConfig, video_spec
 from mmhsa.encoders.frames import PatchEncoderConfig
-
-from tests.data_prep.conftest import indexed_frames, scene_frames, write_audio_only, write_video
+from tests.data_prep.videos import indexed_frames, scene_frames, write_audio_only, write_video
 
 SMALL_FRAMES = PatchEncoderConfig(image_size=64, batch_size=16)  # the real weights; a 2x2 patch grid
 
@@ -40,6 +39,7 @@ def synthetic(tmp_path_factory):
     return config, prepare(config)
 
 
+@pytest.mark.slow
 def test_synthetic_corpus_prepared_for_both_tasks(synthetic):
     config, report = synthetic
     assert report["failed"] == 0 and report["prepared"] == 6 + 12
@@ -151,6 +151,7 @@ def run_cli(tmp_path, config: dict, *extra: str) -> int:
     return main(["-c", str(path), "--progress", "false", *extra])
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_reported_and_the_rest_prepared(bad_folder, tmp_path, capsys):
     output = tmp_path / "out"
     assert run_cli(tmp_path, recipe(bad_folder, output)) == 1  # some failed

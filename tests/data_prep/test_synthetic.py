@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from data_prep.datasets import read_msrvtt, read_nextqa
-from data_prep.synthetic import (COLOURS, DIRECTIONS, QUESTION_TYPES, CorpusConfig, generate, render,
-                                 video_spec)
+from data_prep.synthetic import COLOURS, DIRECTIONS, QUESTION_TYPES, CorpusConfig, generate, render, video_spec
 from data_prep.video import open_video
 
 SMALL = CorpusConfig(num_videos=6, height=64, width=96)

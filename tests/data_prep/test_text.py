@@ -1,8 +1,15 @@
 import pytest
 import torch
 
-from data_prep.text import (Cue, Sentence, encode_sentences, parse_subtitles, sections_from_cues,
-                            sections_from_paragraphs, split_sentences)
+from data_prep.text import (
+    Cue,
+    Sentence,
+    encode_sentences,
+    parse_subtitles,
+    sections_from_cues,
+    sections_from_paragraphs,
+    split_sentences,
+)
 from mmhsa.encoders import TokenEncoder
 
 

@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from data_prep.video import Video, VideoError, open_video, resize
+from tests.data_prep.videos import N_FRAMES, frame_ids, indexed_frames, write_audio_only
 
-from tests.data_prep.conftest import N_FRAMES, frame_ids, indexed_frames, write_audio_only
-
-BACKENDS = ["decord", "pyav"]
+DECODERS = ["decord", "pyav"]
 
 
 def expected_rotated(height: int, width: int, rotation: int) -> torch.Tensor:
@@ -47,7 +46,7 @@ def test_backends_give_the_same_pixels(mp4):
     assert (a - b).abs().max() <= 2  # both are FFmpeg's swscale; measured identical here
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", DECODERS)
 @pytest.mark.parametrize("name, codec, pix_fmt", [
     ("seek.mp4", "libx264", "yuv420p"), ("seek.mkv", "libx264", "yuv420p"),
     ("seek.webm", "libvpx-vp9", "yuv420p"), ("seek.avi", "mpeg4", "yuv420p"),
@@ -84,7 +83,7 @@ def test_gif_falls_back_to_pyav(make_video):
         open_video(path, "decord")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", DECODERS)
 @pytest.mark.parametrize("name, codec", [("odd.mkv", "ffv1"), ("odd.mp4", "libx264")])
 def test_odd_size(make_video, backend, name, codec):
     original = indexed_frames(8, 9, 17)
@@ -107,7 +106,7 @@ def test_grayscale(make_video, backend, width):
     assert video.backend == ("pyav" if backend == "pyav" or width == 48 else "decord")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", DECODERS)
 @pytest.mark.parametrize("rotation", [90, 180, 270])
 def test_rotation_metadata(make_video, backend, rotation):
     video = open_video(make_video(f"rot{rotation}.mp4", indexed_frames(4, 32, 64), rotation=rotation), backend)
@@ -118,7 +117,7 @@ def test_rotation_metadata(make_video, backend, rotation):
     assert (frame.float() - expected_rotated(32, 64, rotation).float()).abs().mean() < 4
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", DECODERS)
 def test_rotation_matches_ffmpeg_player(make_video, backend):
     """FFmpeg's command line turns frames upright by default: the same picture a player shows."""
     path = make_video("rot90.mp4", indexed_frames(4, 32, 64), rotation=90)
@@ -142,7 +141,7 @@ def test_auto_switches_to_pyav_when_decord_fails_mid_way(make_video):
 PTS_MS = [0, 40, 80, 200, 240, 1000, 1040, 1500]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", DECODERS)
 @pytest.mark.parametrize("name", ["vfr.mp4", "vfr.mkv"])
 def test_variable_frame_rate_timestamps(make_video, backend, name):
     video = open_video(make_video(name, indexed_frames(8, 32, 32), pts_ms=PTS_MS, options={"bf": "2"}), backend)
@@ -154,7 +153,7 @@ def test_variable_frame_rate_timestamps(make_video, backend, name):
     assert frame_ids(video.frames([6, 3])) == [6, 3]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", DECODERS)
 def test_one_frame_video(make_video, backend):
     video = open_video(make_video("one.mp4", indexed_frames(1, 32, 32)), backend)
     assert (video.num_frames, video.duration, video.fps) == (1, pytest.approx(0.04), pytest.approx(25))
@@ -171,7 +170,7 @@ def test_stream_without_timestamps(make_video):
     assert frame_ids(video.frames([40, 3, 17])) == [40, 3, 17]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", DECODERS)
 def test_space_and_non_ascii_path(mp4, media, backend):
     path = media / "a clip — été 東京.mp4"
     path.write_bytes(mp4.read_bytes())

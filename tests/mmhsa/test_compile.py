@@ -45,6 +45,7 @@ def values_and_grads(fn, q, k, v):
     return [out.detach()] + [x.grad.clone() for x in (q, k, v)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("include_self", [False, True])
 def test_torch_backend_is_one_graph(include_self):
     h = irregular()
@@ -54,6 +55,7 @@ def test_torch_backend_is_one_graph(include_self):
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not triton_available(DEVICE), reason="Triton cannot run here")
 def test_triton_backend_breaks_only_around_the_kernels():
     h = irregular()
@@ -70,6 +72,7 @@ def test_triton_backend_breaks_only_around_the_kernels():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.slow
 def test_inductor_matches_eager():
     """The generated (C++ on CPU, Triton on GPU) code of the tree passes, values and gradients."""
     h = irregular()

@@ -1,6 +1,5 @@
 """The torch dynamic program against the dense reference, and the reference against the definition."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -130,7 +129,7 @@ def _attends_nothing(h, leaf):
     return True
 
 
-# ---------------------------------------------------------------- optimality (hsa-math.md section 2)
+# ---------------------------------------------------------------- optimality (docs/operator.md section 2)
 def nested_stochastic(h: Hierarchy, stay_logit: torch.Tensor, sibling_logit: torch.Tensor, include_self: bool):
     """A general block-constrained row-stochastic matrix [N, N] (one head), in nested form.
 

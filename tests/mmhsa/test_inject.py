@@ -10,7 +10,12 @@ from torch import nn
 from data_prep.text import sections_from_paragraphs
 from mmhsa import Hierarchy, hsa
 from mmhsa.inject import (
-    TokenHierarchy, attention_flops, flat_hierarchy, grid_hierarchy, hsa_attention, text_hierarchy,
+    TokenHierarchy,
+    attention_flops,
+    flat_hierarchy,
+    grid_hierarchy,
+    hsa_attention,
+    text_hierarchy,
     window_hierarchy,
 )
 from mmhsa.inject.sites import key_padding_from_mask

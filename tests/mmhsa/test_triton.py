@@ -12,7 +12,6 @@ import torch
 
 from mmhsa import Hierarchy, hsa
 from mmhsa.attention.dispatch import triton_available
-from mmhsa.attention.reference import hsa_reference
 from tests.mmhsa.trees import random_hierarchy
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() and os.environ.get("MMHSA_TEST_CUDA") == "1" else "cpu")
@@ -133,7 +132,7 @@ def test_block_tables_never_read_the_device():
 
 def test_wide_offsets_match(monkeypatch):
     """The 64-bit-offset kernels (chosen for tensors of 2^31+ elements) give what the 32-bit ones give."""
-    import mmhsa.attention.triton.family as family
+    import mmhsa.attention.triton.launch as family
 
     h = odd_families()
     q, k, v, pos = make_inputs(h, 2, 16, 16, seed=3, pos_dim=2)
@@ -178,7 +177,7 @@ class DispatchCount(torch.utils._python_dispatch.TorchDispatchMode):
 
 def count_dispatches(h):
     """[(ops, launches) of the forward, (ops, launches) of the backward] of one HSA call on ``h``."""
-    import mmhsa.attention.triton.family as family
+    import mmhsa.attention.triton.launch as family
 
     counter = DispatchCount()
 
@@ -210,6 +209,7 @@ def count_dispatches(h):
     return counts
 
 
+@pytest.mark.slow
 def test_dispatches_depend_on_depth_not_size():
     """The torch side loops over depth only: a 4-level video tree dispatches the same ops at 32 and at
     1,568 leaves, within a budget (79 forward and 130 backward when set: more means more GPU launches

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.slow  # compiles every configuration for three architectures (~90 s without a cache)
 
 # ptxas sometimes parks a register or two (8 bytes) on the stack; a configuration that really
 # spills (64-row fp32 blocks, say) puts kilobytes there.
@@ -56,7 +57,7 @@ def test_shared_memory_fits(rows):
 def compiled(call: str) -> str:
     """Run ``compile_usage(...)`` (written as ``call``) outside the interpreter; its printed result."""
     code = ("import torch; from mmhsa.attention.triton.resources import compile_usage, KERNELS;"
-            f"from mmhsa.attention.triton.family import Bucket; print({call})")
+            f"from mmhsa.attention.triton.launch import Bucket; print({call})")
     return outside_interpreter("-c", code).strip().splitlines()[-1]
 
 

@@ -4,6 +4,6 @@ The kernels run on CUDA, and on CPU under ``TRITON_INTERPRET=1`` (set before thi
 imported) for tests. The tree passes around them are the PyTorch ones.
 """
 
-from .family import Bucket, TritonFamilyAttention, block_tables, buckets, family_pass_triton
+from .launch import Bucket, TritonFamilyAttention, block_tables, buckets, family_pass_triton
 
 __all__ = ["Bucket", "TritonFamilyAttention", "block_tables", "buckets", "family_pass_triton"]

@@ -1,4 +1,4 @@
-"""Triton kernels for varlen family attention (hsa-math.md section 3, step 2), forward and backward.
+"""Triton kernels for varlen family attention (docs/operator.md section 3, step 2), forward and backward.
 
 Algorithm: FlashAttention-2 over variable-length segments. Nodes are packed in level order
 (``[M, H, D]``); a family is a contiguous segment ``start..start+size-1`` of it (children of one

@@ -25,7 +25,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .family import Bucket, buckets
+from .launch import Bucket, buckets
 from .family_kernels import _family_bwd_dkdv, _family_bwd_dq, _family_fwd
 
 KERNELS = {"fwd": _family_fwd, "bwd_dkdv": _family_bwd_dkdv, "bwd_dq": _family_bwd_dq}

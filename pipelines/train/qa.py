@@ -10,7 +10,7 @@ over the candidates; accuracy overall and per question type.
 Open-ended QA (``answers``: a vocabulary) classifies instead: the question reads the video the same way
 and the answer is one of the vocabulary's texts (a sample's answer text: ``answer_text``, or its correct
 candidate). Answers outside the vocabulary are left out of the loss, counted (``*/out_of_vocabulary``)
-and scored wrong. ``python -m pipelines.qa vocabulary DATA_DIR`` lists a training split's answers.
+and scored wrong. ``python -m pipelines.train.qa vocabulary DATA_DIR`` lists a training split's answers.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from torch import nn
 
 from mmhsa.nn import pool_nodes
 
-from .data import Batch
+from .batches import Batch
 from .metrics import qa_accuracy
-from .model import FusionModule, mlp
+from .fusion import FusionModule, mlp
 
 __all__ = ["QAModule"]
 
@@ -40,8 +40,10 @@ class QAModule(FusionModule):
         head_hidden: hidden width of the candidate scorer (or of the answer classifier).
         answers: None for multiple choice; for open-ended QA the answer vocabulary, as a list or a text file
             with one answer per line (the checkpoint keeps the list itself).
-        **fusion: encoder and optimiser settings (:class:`~pipelines.model.FusionModule`).
+        **fusion: encoder and optimiser settings (:class:`~pipelines.train.fusion.FusionModule`).
     """
+
+    monitor = "val/acc"  # the validation metric the best checkpoint is chosen by
 
     def __init__(self, head_hidden: int = 256, answers: list[str] | str | None = None, **fusion):
         super().__init__(**fusion)

@@ -3,7 +3,8 @@ import torch
 from data_prep.assemble import ClipLeaves, TextLeaves, assemble
 from data_prep.shards import ShardWriter
 from mmhsa import hsa
-from pipelines.data import ShardDataModule, SizeBucketSampler, collate
+from pipelines.train.batches import collate
+from pipelines.train.data import ShardDataModule, SizeBucketSampler
 
 
 def make_sample(i: int, split: str = "train"):

@@ -2,30 +2,27 @@
 
 :class:`FusionModule` holds the encoder (HSA, or a baseline mixer over the same leaves), the
 optimiser (AdamW, linear warm-up then cosine decay) and the guard that stops a run on a non-finite
-loss, naming the step and the samples. The tasks (:mod:`pipelines.retrieval`, :mod:`pipelines.qa`)
+loss, naming the step and the samples. The tasks (:mod:`pipelines.train.retrieval`, :mod:`pipelines.train.qa`)
 add their heads and losses.
 """
 
 from __future__ import annotations
 
 import math
-import random
+from pathlib import Path
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from torch import nn
 
+from data_prep.schema import DEFAULT_FEATURE_DIMS, MODALITIES, ROOT_KEYS
 from mmhsa import Hierarchy
 from mmhsa.nn import HierarchicalEncoder, pool_nodes
 
-from .data import Trees
+from .batches import Trees
+from .distributed import every_rank, rng_states, set_rng_states, world_size
 
-__all__ = ["KEYS", "FusionModule", "mlp", "pool_roots"]
-
-# Named slots of a sample's root (the key vocabulary of the position encoders).
-KEYS = ("video", "transcript", "captions", "question", *(f"answer_{k}" for k in range(10)))
-MODALITY_DIMS = {"video": 1280, "text": 384}  # EfficientNet-Lite0 patches, MiniLM-L6 tokens
+__all__ = ["FusionModule", "mlp", "pool_roots", "read_checkpoint"]
 
 
 def pool_roots(x: torch.Tensor, hierarchy: Hierarchy) -> torch.Tensor:
@@ -48,15 +45,21 @@ class FusionModule(pl.LightningModule):
         content_position: content x position leaf inputs (see :class:`~mmhsa.nn.HierarchicalEncoder`).
         frame_differences: each patch also gets its change since the same cell of the previous frame
             (``difference_modalities`` of :class:`~mmhsa.nn.HierarchicalEncoder`).
+        feature_dims: input feature width per modality (``{"video": 1280, "text": 384}``); the Lightning CLI
+            links it from the prepared data's manifest (:attr:`~pipelines.train.data.ShardDataModule.feature_dims`);
+            None: the default encoders' widths (:data:`data_prep.schema.DEFAULT_FEATURE_DIMS`).
     """
+
+    monitor: str | None = None  # each task's validation metric for the best checkpoint (higher is better)
 
     def __init__(self, mixer: str = "hsa", dim: int = 128, depth: int = 2, heads: int = 4, dropout: float = 0.1,
                  pos_dim: int = 8, backend: str = "auto", lr: float = 1e-3, weight_decay: float = 0.05,
                  warmup_steps: int = 50, init_from: str | None = None, content_position: bool = False,
-                 frame_differences: bool = False):
+                 frame_differences: bool = False, feature_dims: dict[str, int] | None = None):
         super().__init__()
-        self.encoder = HierarchicalEncoder(MODALITY_DIMS, dim=dim, depth=depth, heads=heads, dropout=dropout,
-                                           pos_dim=pos_dim, keys=KEYS, backend=backend, mixer=mixer,
+        widths = {**DEFAULT_FEATURE_DIMS, **(feature_dims or {})}
+        self.encoder = HierarchicalEncoder({m: widths[m] for m in MODALITIES}, dim=dim, depth=depth, heads=heads,
+                                           dropout=dropout, pos_dim=pos_dim, keys=ROOT_KEYS, backend=backend, mixer=mixer,
                                            content_position=content_position,
                                            difference_modalities=("video",) if frame_differences else ())
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
@@ -64,9 +67,43 @@ class FusionModule(pl.LightningModule):
         if init_from:
             self.load_encoder(init_from)
 
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, **overrides) -> "FusionModule":
+        """The task module a checkpoint holds, with its trained weights (in train mode, on the CPU).
+
+        The class is the one the checkpoint records, looked up by name among ``cls`` and its subclasses
+        (never imported from the file: a checkpoint names no code to run); its settings are the saved
+        hyper-parameters, updated with ``overrides``. The rest of the checkpoint (without its weights and
+        optimiser states) is kept as ``module.checkpoint_state``: e.g. the data module's record of how its
+        data was prepared, which inference reads.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: not a readable checkpoint, a checkpoint of a class that is not ``cls`` (or one
+                of its subclasses), or weights that do not fit the class (naming the first mismatch).
+        """
+        path = Path(checkpoint)
+        state = read_checkpoint(path)
+        hparams = dict(state.get("hyper_parameters") or {})
+        recorded = (state.get("mmhsa_class") or hparams.get("_class_path", "")).rsplit(".", 1)[-1]
+        found = next((c for c in (cls, *_subclasses(cls)) if c.__name__ == recorded), None)
+        if found is None:
+            raise ValueError(f"checkpoint {path} is a {recorded or 'unknown'} model; this command needs a "
+                             f"{cls.__name__} checkpoint")
+        hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
+        module = found(**{**hparams, "init_from": None, **overrides})  # the weights below are the trained ones
+        try:
+            module.load_state_dict(state["state_dict"])
+        except RuntimeError as err:  # e.g. a checkpoint from an earlier mmhsa whose layers had other shapes
+            first = str(err).split("\n\t", 2)[1] if "\n\t" in str(err) else str(err)
+            raise ValueError(f"checkpoint {path}: its weights do not fit this version of {found.__name__} ({first}); "
+                             "it was probably saved by an earlier mmhsa: retrain it (make train)") from None
+        module.checkpoint_state = {k: v for k, v in state.items() if k not in ("state_dict", "optimizer_states")}
+        return module
+
     def load_encoder(self, checkpoint: str) -> None:
         """Copy the encoder weights of another run's checkpoint (shapes must match)."""
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        state = read_checkpoint(Path(checkpoint))["state_dict"]
         encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
         if not encoder:
             raise ValueError(f"{checkpoint}: holds no encoder weights")
@@ -128,7 +165,7 @@ class FusionModule(pl.LightningModule):
     # draws dropout masks of its own batches' sizes and the streams part after the first step.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mmhsa_class"] = f"{type(self).__module__}.{type(self).__qualname__}"  # for inference loading
-        states = _rng_states()
+        states = rng_states()
         checkpoint["rng_states"] = states
         # every rank saves a checkpoint's contents (rank 0 writes them), so all take part in the gather
         if world_size() > 1:
@@ -140,7 +177,7 @@ class FusionModule(pl.LightningModule):
         if per_rank and trainer is not None and len(per_rank) == trainer.world_size:
             states = per_rank[trainer.global_rank]  # (another world size: rank 0's states everywhere)
         if states:
-            _set_rng_states(states)
+            set_rng_states(states)
 
     def configure_optimizers(self):
         decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "embedding" not in n]
@@ -159,37 +196,28 @@ class FusionModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def world_size() -> int:
-    """Processes of the running torch.distributed group (1 without one)."""
-    import torch.distributed as dist
+def read_checkpoint(path: Path) -> dict:
+    """A Lightning checkpoint's contents, loaded with ``weights_only=True`` (tensors and plain types only: a
+    pickled payload in a downloaded checkpoint cannot run).
 
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def every_rank(value) -> list:
-    """Every rank's ``value``, in rank order (a collective: every rank must call it)."""
-    import torch.distributed as dist
-
-    everyone: list = [None] * world_size()
-    dist.all_gather_object(everyone, value)
-    return everyone
-
-
-def _rng_states() -> dict:
-    """This process's random states, as plain types and tensors (checkpoints load with weights_only=True)."""
-    kind, keys, position, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss)],
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a readable mmhsa checkpoint (truncated, foreign, or holding code to run).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
+            raise TypeError("no state_dict")
+    except Exception as err:  # a truncated or foreign file fails in many ways inside torch.load
+        reason = str(err).strip().split("\n", 1)[0]
+        raise ValueError(f"checkpoint {path}: not a readable mmhsa checkpoint ({type(err).__name__}: {reason})") from None
+    return state
 
 
-def _set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    kind, keys, position, has_gauss, gauss = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
-    random.setstate(states["python"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+def _subclasses(cls: type) -> list[type]:
+    return [s for c in cls.__subclasses__() for s in (c, *_subclasses(c))]
 
 
 def mlp(inputs: int, hidden: int, outputs: int, dropout: float = 0.0) -> nn.Sequential:

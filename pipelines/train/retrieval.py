@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import RetrievalBatch, Trees
+from .batches import RetrievalBatch, Trees
 from .metrics import recall_summary, retrieval_ranks
-from .model import FusionModule, pool_roots
+from .fusion import FusionModule, pool_roots
 
 __all__ = ["RetrievalModule", "reverse_frames"]
 
@@ -53,8 +53,10 @@ class RetrievalModule(FusionModule):
         reversed_negatives: also train each caption against its video with every clip's frames reversed
             (:func:`reverse_frames`), in a two-way softmax of its own. Validation always reports
             ``forward_vs_reversed``: how often a caption prefers its video to that reversed copy.
-        **fusion: encoder and optimiser settings (:class:`~pipelines.model.FusionModule`).
+        **fusion: encoder and optimiser settings (:class:`~pipelines.train.fusion.FusionModule`).
     """
+
+    monitor = "val/t2v_R@1"  # the validation metric the best checkpoint is chosen by
 
     def __init__(self, embed_dim: int = 128, temperature: float = 0.07, reversed_negatives: bool = False, **fusion):
         super().__init__(**fusion)

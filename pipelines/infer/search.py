@@ -1,11 +1,11 @@
-"""``mmhsa search INDEX "text"``: exact text-to-video search over an index (:mod:`pipelines.index`).
+"""``mmhsa search INDEX "text"``: exact text-to-video search over an index (:mod:`pipelines.infer.index`).
 
 The query is embedded by the index's own retrieval model (its version is checked against the one that
 built the index) and compared with every video and every clip embedding (cosine, one matrix product
 in chunks: exact, no approximate structure). Videos are ranked by their whole-video score, or, with
 ``level="clip"``, clips are ranked; each hit names the video, its best clip with timestamps and the scores.
 With a re-rank checkpoint, ``rerank=True`` reorders the top videos with the cross-modal model
-(:mod:`pipelines.rerank`) on the joint tree of the query and each video.
+(:mod:`pipelines.train.rerank`) on the joint tree of the query and each video.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from .index import Index, IndexMismatch
-from .inference import Model, load_model, text_trees, video_trees
-from .rerank import joint_pairs
+from .checkpoints import TrainedModel, load_model
+from .trees import text_trees, video_trees
 
 __all__ = ["Searcher", "top_k"]
 
@@ -49,7 +49,7 @@ class Searcher:
         checkpoint: the retrieval checkpoint (default: the one recorded in the index); it must be the
             model version the index was built with.
         prepared: featurization source for checkpoints that do not carry it.
-        reranker: a cross-modal re-rank checkpoint (:class:`~pipelines.rerank.RerankModule`) for
+        reranker: a cross-modal re-rank checkpoint (:class:`~pipelines.train.rerank.RerankModule`) for
             ``search(..., rerank=True)``.
 
     Raises:
@@ -59,9 +59,9 @@ class Searcher:
     def __init__(self, index: str, checkpoint: str | None = None, prepared: str | None = None,
                  reranker: str | None = None):
         self.index = Index.open(index)
-        self.reranker: Model | None = load_model(reranker, "rerank", prepared=prepared) if reranker else None
+        self.reranker: TrainedModel | None = load_model(reranker, "rerank", prepared=prepared) if reranker else None
         recorded = self.index.manifest["model"]
-        self.model: Model = load_model(checkpoint or recorded["path"], "retrieval", prepared=prepared)
+        self.model: TrainedModel = load_model(checkpoint or recorded["path"], "retrieval", prepared=prepared)
         if self.model.version != recorded["version"]:
             raise IndexMismatch(f"{index} was built with model {recorded['version']} ({recorded['path']}); the model "
                                 f"loaded is {self.model.version} ({self.model.path}): re-index with it, or search with "
@@ -119,18 +119,18 @@ class Searcher:
         featurizer = model.videos
         videos, kept = [], []
         for hit in hits:
-            opened = featurizer.open_group([Path(hit["video"])])[0]
-            if opened.video is None:  # moved or deleted since indexing: keep the dual-encoder order for it
-                hit["rerank_error"] = opened.error
+            try:
+                clips = featurizer.featurize(featurizer.open_group([Path(hit["video"])])[0],
+                                             model.featurization.limits.max_clips)
+            except ValueError as err:  # moved or deleted since indexing: keep the dual-encoder order for it
+                hit["rerank_error"] = str(err)
                 continue
-            clips, _ = featurizer.encode(opened.video, featurizer.clips(opened), model.featurization.limits.max_clips)
             videos.append(video_trees(clips, model.featurization.limits)[0])
             kept.append(hit)
         if not kept:
             return hits
         text, _ = text_trees(model, [query])
-        pairs = joint_pairs(videos, [text], [(v, 0) for v in range(len(videos))])
-        scores = model.module.score(pairs.to(model.module.device)).float().cpu().tolist()
+        scores = model.module.score_pairs(videos, [text], [(v, 0) for v in range(len(videos))]).float().cpu().tolist()
         for hit, score in zip(kept, scores):
             hit["rerank_score"] = round(score, 4)
         ordered = sorted(kept, key=lambda h: -h["rerank_score"]) + [h for h in hits if "rerank_score" not in h]

@@ -10,49 +10,13 @@ import pytest
 import torch
 import yaml
 
-from data_prep.assemble import ClipLeaves, TextLeaves, assemble
 from data_prep.shards import ShardWriter
 from pipelines.cli import main
-from pipelines.data import ShardDataModule, SizeBucketSampler, collate, retrieval_collate
-from pipelines.model import MODALITY_DIMS
-from pipelines.qa import QAModule
-from pipelines.retrieval import RetrievalModule, reverse_frames
-
-V, T = MODALITY_DIMS["video"], MODALITY_DIMS["text"]
-SPLITS = ["train"] * 6 + ["val", "test"]
-
-
-def text(g, *lengths):
-    return TextLeaves([[torch.randn(n, T, generator=g).half() for n in lengths]])
-
-
-def video(g, clips: int, signal: torch.Tensor | None = None):
-    out = []
-    for c in range(clips):
-        patches = torch.randn(2, 2, 2, V, generator=g)
-        if signal is not None:
-            patches[..., : len(signal)] += signal
-        out.append(ClipLeaves(float(c), c + 1.0, [c + 0.0, c + 0.5], patches.half()))
-    return out
-
-
-def qa_sample(i: int, candidates: int = 5):
-    """The answer is readable from the video: its features carry the answer's index as a one-hot."""
-    g = torch.Generator().manual_seed(i)
-    answer = i % candidates
-    signal = torch.zeros(candidates)
-    signal[answer] = 4.0
-    texts = {"question": text(g, 4)} | {f"answer_{k}": text(g, 1 + k % 3) for k in range(candidates)}
-    return assemble(f"q{i}", video=video(g, 1 + i % 3, signal), texts=texts,
-                    meta={"split": SPLITS[i % 8], "answer": answer, "type": ["direction", "next"][i % 2]})
-
-
-def caption_sample(i: int):
-    g = torch.Generator().manual_seed(100 + i)
-    captions = TextLeaves([[torch.randn(3 + i % 2, T, generator=g).half()], [torch.randn(2, T, generator=g).half(),
-                                                                              torch.randn(4, T, generator=g).half()]])
-    return assemble(f"v{i}", video=video(g, 1 + i % 2), texts={"captions": captions},
-                    meta={"split": SPLITS[i % 8]})
+from pipelines.train.batches import collate, retrieval_collate
+from pipelines.train.data import ShardDataModule, SizeBucketSampler
+from pipelines.train.qa import QAModule
+from pipelines.train.retrieval import RetrievalModule, reverse_frames
+from tests.pipelines.samples import caption_sample, open_sample, qa_sample
 
 
 @pytest.fixture(scope="module")
@@ -133,15 +97,6 @@ def test_qa_learns_a_readable_answer(mixer):
     assert losses[-1] < 0.3 * losses[0]
 
 
-def open_sample(i: int, answer: str):
-    """Open-ended: no candidates; the answer's class is written into the video features."""
-    g = torch.Generator().manual_seed(i)
-    signal = torch.zeros(4)
-    signal[["red", "green", "blue", "white"].index(answer) if answer in ("red", "green", "blue", "white") else 0] = 4.0
-    return assemble(f"o{i}", video=video(g, 1 + i % 3, signal), texts={"question": text(g, 4)},
-                    meta={"split": "train", "answer_text": answer, "type": "colour"})
-
-
 def test_open_ended_qa_classifies_over_the_vocabulary(tmp_path):
     torch.manual_seed(0)
     vocabulary = tmp_path / "answers.txt"
@@ -181,7 +136,7 @@ def test_bad_answer_vocabulary_is_named(answers, message):
 
 
 def test_vocabulary_tool_lists_training_answers(tmp_path, capsys):
-    from pipelines.qa import main as qa_main
+    from pipelines.train.qa import main as qa_main
 
     with ShardWriter(tmp_path / "qa", {"tiny": "qa"}, shard_size=8) as writer:
         for i, answer in enumerate(["red", "blue", "Red", "red ", "green"]):
@@ -243,7 +198,7 @@ def recipe(tmp_path, shards, task: str, interrupt: bool = False, every_n_steps: 
            interrupt_at_step: int | None = None) -> str:
     config = {
         "seed_everything": 0,
-        "model": {"class_path": "pipelines.qa.QAModule" if task == "qa" else "pipelines.retrieval.RetrievalModule",
+        "model": {"class_path": "pipelines.train.qa.QAModule" if task == "qa" else "pipelines.train.retrieval.RetrievalModule",
                   "init_args": {"dim": 32, "depth": 1, "heads": 2, "warmup_steps": 2,
                                 "content_position": True, "frame_differences": True}},
         "data": {"data_dir": str(shards / task), "task": task, "batch_size": 4},
@@ -259,13 +214,13 @@ def recipe(tmp_path, shards, task: str, interrupt: bool = False, every_n_steps: 
                                   {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                                    "init_args": {"filename": "latest-{epoch}-{step}", "every_n_epochs": 1,
                                                  "save_top_k": -1, "save_on_train_epoch_end": True}},
-                                  {"class_path": "pipelines.predictions.PredictionWriter",
+                                  {"class_path": "pipelines.train.callbacks.PredictionWriter",
                                    "init_args": {"output_dir": str(tmp_path / "run" / "predictions")}}]
-                    + ([{"class_path": "tests.pipelines.test_tasks.Interrupt"}] if interrupt else [])
+                    + ([{"class_path": "tests.pipelines.train.test_tasks.Interrupt"}] if interrupt else [])
                     + ([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",  # mid-epoch, as the recipes
                          "init_args": {"filename": "step-{step}", "every_n_train_steps": every_n_steps,
                                        "save_top_k": -1}}] if every_n_steps else [])
-                    + ([{"class_path": "tests.pipelines.test_tasks.InterruptAtStep",
+                    + ([{"class_path": "tests.pipelines.train.test_tasks.InterruptAtStep",
                          "init_args": {"step": interrupt_at_step}}] if interrupt_at_step is not None else [])},
     }
     path = tmp_path / f"{task}.yaml"
@@ -471,6 +426,7 @@ def test_sampler_resumes_mid_epoch_on_every_rank():
     assert list(it) == list(SizeBucketSampler(sizes, 4, seed=1))[3:] and sampler.state_dict()["batches"] == 3
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes(tmp_path, shards):
     """`mmhsa fit` with Lightning's DDP strategy, 2 CPU processes (gloo): batches split, metrics gathered."""
     import subprocess
@@ -488,7 +444,7 @@ def test_ddp_two_gloo_processes(tmp_path, shards):
     assert abs(score * 5 - round(score * 5)) < 1e-6
 
 
-RECIPES = sorted(str(p) for p in (Path(__file__).parents[2] / "configs").glob("*.yaml"))
+RECIPES = sorted(str(p) for p in (Path(__file__).parents[3] / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("recipe_path", RECIPES, ids=[Path(p).stem for p in RECIPES])

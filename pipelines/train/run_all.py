@@ -9,7 +9,7 @@ encoder too and draws its hard negatives from that dual encoder; its row gives t
 R@1 on the same split next to the re-ranked one. The HSA models become the defaults of
 ``mmhsa index|search|ask|explain`` (``runs/default/``).
 
-    python -m pipelines.train_all [--mixers hsa flat mean] [--tasks retrieval qa] [--max-epochs N] [--limit N]
+    python -m pipelines.train.run_all [--mixers hsa flat mean] [--tasks retrieval qa] [--max-epochs N] [--limit N]
                                   [--set=--model.init_args.depth=3 ...]
 """
 
@@ -22,8 +22,12 @@ import shutil
 import time
 from pathlib import Path
 
-from .cli import lightning_cli
-from .inference import DEFAULT_CHECKPOINTS
+from .lightning_cli import lightning_cli
+
+__all__ = ["DEFAULT_CHECKPOINTS", "main", "run"]
+
+# Where `make train` leaves the HSA models that inference uses when no checkpoint is given.
+DEFAULT_CHECKPOINTS = {task: Path(f"runs/default/{task}.ckpt") for task in ("retrieval", "qa", "rerank")}
 
 RECIPES = {"retrieval": "configs/retrieval_synthetic.yaml", "qa": "configs/qa_synthetic.yaml",
            "rerank": "configs/rerank_synthetic.yaml"}
@@ -35,11 +39,9 @@ COLUMNS = {"retrieval": ["t2v_R@1", "t2v_R@5", "t2v_R@10", "v2t_R@1", "v2t_R@5",
 
 def run(task: str, mixer: str, root: Path, extra: list[str]) -> dict:
     """Fit one recipe with one mixer, test its best checkpoint; metrics and seconds."""
-    out = root / f"{task}-{mixer}"
-    loggers = [{"class_path": f"lightning.pytorch.loggers.{kind}", "init_args": {"save_dir": str(out), "name": name}}
-               for kind, name in (("CSVLogger", "csv"), ("TensorBoardLogger", "tensorboard"))]
+    out = root / f"{task}-{mixer}"  # the run directory: logs, checkpoints and predictions go under it
     args = ["-c", RECIPES[task], "--model.init_args.mixer", mixer, "--trainer.default_root_dir", str(out),
-            "--trainer.logger", json.dumps(loggers), "--trainer.enable_progress_bar", "false", *extra]
+            "--trainer.enable_progress_bar", "false", *extra]
     started = time.perf_counter()
     cli = lightning_cli(args, run=False)  # run=False: no subcommand; fit and test are called below
     cli.trainer.fit(cli.model, cli.datamodule)

@@ -37,7 +37,8 @@ from data_prep.datasets import VIDEO_EXTENSIONS
 from data_prep.featurize import VIDEO_ERRORS
 from data_prep.shards import atomic_write, file_sha256
 
-from .inference import Model, embed_videos, load_model
+from .checkpoints import TrainedModel, load_model
+from .trees import embed_videos
 
 __all__ = ["Index", "IndexMismatch", "IndexModule", "IndexWriter", "build_index", "list_videos"]
 
@@ -185,7 +186,7 @@ class _VideoPaths(torch.utils.data.Dataset):
 class IndexModule(pl.LightningModule):
     """Batches of video paths -> embeddings with the retrieval model (featurization on the same device)."""
 
-    def __init__(self, model: Model):
+    def __init__(self, model: TrainedModel):
         super().__init__()
         self.model = model
         self.retrieval = model.module  # registered: Lightning moves it to the rank's device
@@ -198,10 +199,8 @@ class IndexModule(pl.LightningModule):
                 failures.append({"path": str(opened.path), "stage": opened.stage, "error": opened.error})
                 continue
             try:
-                clips, _ = featurizer.encode(opened.video, featurizer.clips(opened))
-                if not clips:
-                    raise ValueError(f"{opened.path}: no clip long enough to sample frames from")
-            except VIDEO_ERRORS as err:
+                clips = featurizer.featurize(opened)
+            except ValueError as err:
                 failures.append({"path": str(opened.path), "stage": "encode", "error": str(err)})
                 continue
             v = opened.video
@@ -249,7 +248,7 @@ class IndexWriter(BasePredictionWriter):
         self.written["shards"] += 1
 
 
-def _open_or_create(root: Path, model: Model) -> Index:
+def _open_or_create(root: Path, model: TrainedModel) -> Index:
     """The existing index (checked against the model), or a new one."""
     manifest = {"format": FORMAT, "model": {"path": str(model.path.resolve()), "version": model.version},
                 "embed_dim": model.module.hparams.embed_dim, "featurization": model.featurization.to_dict(),

@@ -28,18 +28,17 @@ from mmhsa import Hierarchy
 from mmhsa.encoders.frames import PatchEncoderConfig
 from mmhsa.encoders.text import TextEncoderConfig
 from mmhsa.nn.attention import HSAAttention
-from pipelines.ask import Asker, answer_csv
 from pipelines.cli import main
-from pipelines.data import ShardDataModule
-from pipelines.explain import explain
-from pipelines.index import Index, IndexMismatch, build_index, list_videos
-from pipelines.inference import load_model
-from pipelines.qa import QAModule
-from pipelines.rerank import RerankModule
-from pipelines.retrieval import RetrievalModule
-from pipelines.search import Searcher, top_k
-
-from .test_tasks import caption_sample, open_sample, qa_sample
+from pipelines.infer.ask import Asker, answer_csv
+from pipelines.infer.checkpoints import load_model
+from pipelines.infer.explain import explain
+from pipelines.infer.index import Index, IndexMismatch, build_index, list_videos
+from pipelines.infer.search import Searcher, top_k
+from pipelines.train.data import ShardDataModule
+from pipelines.train.qa import QAModule
+from pipelines.train.rerank import RerankModule
+from pipelines.train.retrieval import RetrievalModule
+from tests.pipelines.samples import caption_sample, open_sample, qa_sample
 
 SIZES = dict(dim=32, depth=1, heads=2, pos_dim=4, dropout=0.0)
 FEATURIZATION = {"video": asdict(VideoConfig(clips="windows", windows=WindowConfig(1.0, min_clip_seconds=0.3),
@@ -170,6 +169,7 @@ def test_rerun_skips_redoes_lost_and_corrupt_shards(corpus, models, index, tmp_p
         assert torch.allclose(after.video_vectors[i], before.video_vectors[order[v["path"]]], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_kill_9_while_indexing_loses_and_duplicates_nothing(corpus, models, tmp_path):
     out = tmp_path / "ix"
     command = [sys.executable, "-m", "pipelines.cli", "index", "--videos", str(corpus / "videos"), "--out", str(out),
@@ -319,6 +319,7 @@ def test_cli_errors_and_exit_codes(corpus, models, index, capsys):
                  str(models["retrieval"])]) == 1  # nothing new; the two broken files are still reported
 
 
+@pytest.mark.slow
 def test_index_with_two_ddp_processes(corpus, models, index, tmp_path):
     """Lightning's DDP strategy on CPU (gloo): each rank embeds its share and writes its own shards."""
     out = tmp_path / "ix"
@@ -341,9 +342,9 @@ def test_rerank_reorders_only_the_top_k(models):
     module = load_model(models["rerank"], "rerank").module
     module.rerank_k = 3
     g = torch.Generator().manual_seed(0)
-    from .test_tasks import caption_sample as sample
-    from pipelines.data import retrieval_collate
-    from pipelines.rerank import _tree
+    from pipelines.train.batches import retrieval_collate
+    from pipelines.train.rerank import _tree
+    from tests.pipelines.samples import caption_sample as sample
 
     batch = retrieval_collate([sample(i) for i in range(6)])
     videos = [_tree(batch.videos, i) for i in range(6)]

@@ -1,4 +1,4 @@
-"""Family attention in plain PyTorch: every child attends to its siblings (hsa-math.md section 3, step 2).
+"""Family attention in plain PyTorch: every child attends to its siblings (docs/operator.md section 3, step 2).
 
 Inputs are node-major, ``[F, S, H, .]``: F families padded to a common size S, H heads. For each child
 A (a query row) over its siblings B != A (keys), with logits ``Q_A . K_B + bias_B`` (the caller folds

@@ -1,7 +1,7 @@
 """Cross-modal re-ranking: one joint tree per (video, caption) pair, trained with the dual encoder's hard
 negatives.
 
-The dual encoder (:mod:`pipelines.retrieval`) embeds each side alone, so a corpus can be indexed once;
+The dual encoder (:mod:`pipelines.train.retrieval`) embeds each side alone, so a corpus can be indexed once;
 it never lets a word look at a clip. The re-ranker puts the video and the caption in one tree (root ->
 video, captions), so HSA mixes them at every level, and scores the pair from the leaf-means of the
 video, the caption and the whole tree. Training: for every caption of a batch, its video and
@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from mmhsa import Hierarchy
 from mmhsa.nn import pool_nodes
 
-from .data import RetrievalBatch, Trees, sample_part
+from .batches import RetrievalBatch, Trees, sample_part
+from .fusion import FusionModule, mlp
 from .metrics import recall_summary, retrieval_ranks
-from .model import FusionModule, mlp
+from .retrieval import RetrievalModule
 
 __all__ = ["RerankModule", "joint_pairs"]
 
@@ -52,9 +53,11 @@ class RerankModule(FusionModule):
         negatives: negative videos per caption in training.
         rerank_k: candidates per caption re-ranked in evaluation.
         head_hidden: hidden width of the pair scorer.
-        **fusion: encoder and optimiser settings (:class:`~pipelines.model.FusionModule`); ``init_from``
+        **fusion: encoder and optimiser settings (:class:`~pipelines.train.fusion.FusionModule`); ``init_from``
             the same retrieval checkpoint is a good start.
     """
+
+    monitor = "val/t2v_R@1"  # the validation metric the best checkpoint is chosen by
 
     def __init__(self, dual_encoder: str | None = None, negatives: int = 3, rerank_k: int = 10, head_hidden: int = 256,
                  **fusion):
@@ -64,9 +67,7 @@ class RerankModule(FusionModule):
         self.scorer = mlp(3 * self.encoder.dim, head_hidden, 1)
         self._dual = [None]  # a list: not a registered submodule, so not trained and not checkpointed
         if dual_encoder:
-            from .inference import load_model
-
-            self._dual[0] = load_model(dual_encoder, "retrieval").module.requires_grad_(False)
+            self._dual[0] = RetrievalModule.from_checkpoint(dual_encoder).eval().requires_grad_(False)
         self._outputs: list = []
 
     @property
@@ -84,6 +85,10 @@ class RerankModule(FusionModule):
         pooled = [pool_nodes(x, h, nodes) for nodes in (video, caption, roots)]
         return self.scorer(torch.cat(pooled, -1))[:, 0]
 
+    def score_pairs(self, videos: list[Trees], texts: list[Trees], pairs: list[tuple[int, int]]) -> torch.Tensor:
+        """[P] scores of (video index, text index) pairs, each put in one joint tree (:func:`joint_pairs`)."""
+        return self.score(joint_pairs(videos, texts, pairs).to(self.device))
+
     def training_step(self, batch: RetrievalBatch, batch_idx: int) -> torch.Tensor:
         with torch.no_grad():
             self.dual.eval()
@@ -98,7 +103,7 @@ class RerankModule(FusionModule):
         texts = [_tree(batch.texts, i) for i in range(len(owner))]
         candidates = torch.cat([owner[:, None], drawn], 1)  # the positive first
         pairs = [(int(v), t) for t in range(len(owner)) for v in candidates[t]]
-        logits = self.score(joint_pairs(videos, texts, pairs).to(self.device)).view(len(owner), k + 1)
+        logits = self.score_pairs(videos, texts, pairs).view(len(owner), k + 1)
         loss = F.cross_entropy(logits, torch.zeros(len(owner), dtype=torch.long, device=logits.device))
         self.check_loss(loss, batch_idx, batch.ids)
         self.log("train/loss", loss, batch_size=len(owner), prog_bar=True)
@@ -119,7 +124,7 @@ class RerankModule(FusionModule):
         k = min(self.rerank_k, sims.shape[1])
         top = sims.topk(k, dim=1).indices  # [T, k]
         pairs = [(int(v), t) for t in range(len(texts)) for v in top[t]]
-        scores = torch.cat([self.score(joint_pairs(videos, texts, pairs[at:at + chunk]).to(self.device)).float().cpu()
+        scores = torch.cat([self.score_pairs(videos, texts, pairs[at:at + chunk]).float().cpu()
                             for at in range(0, len(pairs), chunk)]).view(len(texts), k)
         out = sims.float().cpu() - sims.abs().max().item() - 1  # everything else stays below, in its order
         return out.scatter(1, top.cpu(), scores - scores.min(1, keepdim=True).values + 1)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pipelines.metrics import qa_accuracy, recall_summary, retrieval_ranks
+from pipelines.train.metrics import qa_accuracy, recall_summary, retrieval_ranks
 
 
 def brute_force_ranks(scores, positives):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import mmhsa.attention.family as family
+import mmhsa.attention.family_torch as family
 from mmhsa import Hierarchy, hsa
 from mmhsa.attention.reference import hsa_reference
 from tests.mmhsa.trees import random_hierarchy

@@ -22,14 +22,15 @@ from data_prep.assemble import assemble
 from data_prep.text import split_sentences
 from data_prep.video import open_video
 
-from .data import collate
-from .inference import Model, load_model
+from pipelines.train.batches import collate
+
+from .checkpoints import TrainedModel, load_model
 
 __all__ = ["attention_map", "explain", "plot_attention"]
 
 
 @torch.no_grad()
-def attention_map(model: Model, video: str | Path, text: str) -> dict:
+def attention_map(model: TrainedModel, video: str | Path, text: str) -> dict:
     """Attention from ``text`` to ``video``'s clips, frames and patches.
 
     Returns:
@@ -44,12 +45,7 @@ def attention_map(model: Model, video: str | Path, text: str) -> dict:
     if module.encoder.blocks[0].attn.mixer == "mean":
         raise ValueError(f"{model.path}: a mean-pooling model has no attention to show")
     featurizer = model.videos
-    opened = featurizer.open_group([Path(video)])[0]
-    if opened.video is None:
-        raise ValueError(opened.error)
-    clips, _ = featurizer.encode(opened.video, featurizer.clips(opened), model.featurization.limits.max_clips)
-    if not clips:
-        raise ValueError(f"{video}: no clip to sample frames from")
+    clips = featurizer.featurize(featurizer.open_group([Path(video)])[0], model.featurization.limits.max_clips)
     words = model.texts([split_sentences(text)])
     sample = assemble("explain", video=clips, texts={"question": words}, limits=model.featurization.limits)
     batch = collate([sample]).to(module.device)

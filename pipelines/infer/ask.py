@@ -23,14 +23,15 @@ from data_prep.datasets import QAItem, read_nextqa
 from data_prep.featurize import VIDEO_ERRORS
 from data_prep.text import split_sentences
 
-from .data import collate
-from .inference import Model, load_model
-from .metrics import qa_accuracy
-from .model import KEYS
+from data_prep.schema import MAX_ANSWERS
+from pipelines.train.batches import collate
+from pipelines.train.metrics import qa_accuracy
+
+from .checkpoints import TrainedModel, load_model
 
 __all__ = ["Asker", "MAX_CHOICES"]
 
-MAX_CHOICES = sum(k.startswith("answer_") for k in KEYS)
+MAX_CHOICES = MAX_ANSWERS
 
 
 class Asker:
@@ -42,7 +43,7 @@ class Asker:
     """
 
     def __init__(self, checkpoint: str | None = None, prepared: str | None = None, device: str = "cpu"):
-        self.model: Model = load_model(checkpoint, "qa", prepared=prepared, device=device)
+        self.model: TrainedModel = load_model(checkpoint, "qa", prepared=prepared, device=device)
         self.vocabulary: list[str] | None = getattr(self.model.module, "vocabulary", None)  # open-ended
 
     def clips(self, video: str | Path) -> list[ClipLeaves]:
@@ -52,16 +53,7 @@ class Asker:
             ValueError: naming the video and the problem (unreadable, no clip).
         """
         featurizer = self.model.videos
-        opened = featurizer.open_group([Path(video)])[0]
-        if opened.video is None:
-            raise ValueError(opened.error)
-        try:
-            clips, _ = featurizer.encode(opened.video, featurizer.clips(opened), self.model.featurization.limits.max_clips)
-        except VIDEO_ERRORS as err:
-            raise ValueError(f"{video}: {err}") from None
-        if not clips:
-            raise ValueError(f"{video}: no clip to sample frames from")
-        return clips
+        return featurizer.featurize(featurizer.open_group([Path(video)])[0], self.model.featurization.limits.max_clips)
 
     def sample(self, clips: list[ClipLeaves], question: str, choices: list[str], sample_id: str = "question"):
         """The joint tree of one question (what the QA model was trained on)."""
