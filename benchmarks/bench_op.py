@@ -53,8 +53,9 @@ HSA_METHODS = ("hsa", "hsa_compiled", "hsa_graphs", "hsa_torch")
 
 # ------------------------------------------------------------------ cases
 def video_case(clips: int, frames: int, side: int) -> tuple[str, Hierarchy]:
-    h = Hierarchy.regular([clips, frames, (side, side)], kinds=["video", "clip", "frame", "patch"],
-                          domains=["time", "index", "grid"])
+    h = Hierarchy.regular(
+        [clips, frames, (side, side)], kinds=["video", "clip", "frame", "patch"], domains=["time", "index", "grid"]
+    )
     return f"video {clips}x{frames}x{side * side}", h
 
 
@@ -76,8 +77,12 @@ def cases(quick: bool) -> list[tuple[str, Hierarchy]]:
     if quick:
         return [video_case(2, 4, 7), text_case(4, 4, 12)]
     return [
-        video_case(8, 8, 7), video_case(8, 8, 14), video_case(16, 8, 14), video_case(32, 8, 14),
-        text_case(16, 8, 24), text_case(64, 8, 24),
+        video_case(8, 8, 7),
+        video_case(8, 8, 14),
+        video_case(16, 8, 14),
+        video_case(32, 8, 14),
+        text_case(16, 8, 24),
+        text_case(64, 8, 24),
     ]
 
 
@@ -163,7 +168,7 @@ def attention_flops(h: Hierarchy, heads: int, dim: int, method: str) -> float:
         sizes = h.plan.family_size.double()
         if method == "blockdiag":
             sizes = sizes[h.num_children[h.plan.node[h.plan.family_start]] == 0]
-        pairs = float((sizes ** 2).sum())
+        pairs = float((sizes**2).sum())
     return 4.0 * pairs * dim * heads
 
 
@@ -173,7 +178,7 @@ def cuda_roofline() -> dict:
     ms = time_ms(lambda: a @ a, False, 10, "cuda")
     x = torch.empty(1 << 28, device="cuda", dtype=torch.float32)  # 1 GiB
     copy_ms = time_ms(lambda: x.clone(), False, 10, "cuda")
-    return {"matmul_tflops": 2 * 8192 ** 3 / ms / 1e9, "copy_gbps": 2 * x.numel() * 4 / copy_ms / 1e6}
+    return {"matmul_tflops": 2 * 8192**3 / ms / 1e9, "copy_gbps": 2 * x.numel() * 4 / copy_ms / 1e6}
 
 
 def run(fn, backward: bool):
@@ -199,15 +204,26 @@ def time_ms(fn, backward: bool, repeats: int, device: str) -> float:
 
 def inputs(h: Hierarchy, heads: int, dim: int, dtype, device, grad: bool):
     g = torch.Generator().manual_seed(0)
-    return [torch.randn(h.num_leaves, heads, dim, generator=g).to(device, dtype).requires_grad_(grad)
-            for _ in range(3)]
+    return [torch.randn(h.num_leaves, heads, dim, generator=g).to(device, dtype).requires_grad_(grad) for _ in range(3)]
 
 
 def peak_memory_mb(case: int, method: str, backward: bool, args) -> float | None:
     """Peak memory of one call, measured in a fresh process (default allocator: nothing cached)."""
     env = {k: v for k, v in os.environ.items() if k not in TUNED_MALLOC}
-    cmd = [sys.executable, __file__, "--device", args.device, "--heads", str(args.heads), "--dim", str(args.dim),
-           "--dtype", args.dtype, "--memory-probe", f"{case}:{method}:{int(backward)}"] + (["--quick"] if args.quick else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--device",
+        args.device,
+        "--heads",
+        str(args.heads),
+        "--dim",
+        str(args.dim),
+        "--dtype",
+        args.dtype,
+        "--memory-probe",
+        f"{case}:{method}:{int(backward)}",
+    ] + (["--quick"] if args.quick else [])
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     if res.returncode != 0:
         print(f"  memory probe {method} failed: {res.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
@@ -256,8 +272,9 @@ def main() -> None:
     ap.add_argument("--malloc", choices=["tuned", "default"], default="tuned")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--quick", action="store_true", help="tiny cases (a smoke run)")
-    ap.add_argument("--methods", default=None,
-                    help="comma-separated subset of hsa,hsa_compiled,hsa_graphs,hsa_torch,flat,blockdiag")
+    ap.add_argument(
+        "--methods", default=None, help="comma-separated subset of hsa,hsa_compiled,hsa_graphs,hsa_torch,flat,blockdiag"
+    )
     ap.add_argument("--cases", default=None, help="comma-separated substrings of case names (default: all)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/bench_op_<device>.json)")
     ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
@@ -269,13 +286,21 @@ def main() -> None:
     if args.device == "cpu" and args.malloc == "tuned" and any(os.environ.get(k) != v for k, v in TUNED_MALLOC.items()):
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **TUNED_MALLOC})
     dtype = getattr(torch, args.dtype)
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or 'CPU'} x{torch.get_num_threads()} threads"
-    print(f"HSA operator benchmark: {device_name}, {args.dtype}, {args.heads} heads, head dim {args.dim}, "
-          f"malloc {args.malloc if args.device == 'cpu' else 'n/a'}, torch {torch.__version__}")
+    device_name = (
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"{platform.processor() or 'CPU'} x{torch.get_num_threads()} threads"
+    )
+    print(
+        f"HSA operator benchmark: {device_name}, {args.dtype}, {args.heads} heads, head dim {args.dim}, "
+        f"malloc {args.malloc if args.device == 'cpu' else 'n/a'}, torch {torch.__version__}"
+    )
     roofline = cuda_roofline() if args.device == "cuda" else None
     if roofline:
-        print(f"measured roofline: {roofline['matmul_tflops']:.0f} TFLOP/s (bf16 matmul), "
-              f"{roofline['copy_gbps']:.0f} GB/s (copy)")
+        print(
+            f"measured roofline: {roofline['matmul_tflops']:.0f} TFLOP/s (bf16 matmul), "
+            f"{roofline['copy_gbps']:.0f} GB/s (copy)"
+        )
     wanted = None if args.methods is None else args.methods.split(",")
     rows, header = [], None
     for ci, (name, h) in enumerate(cases(args.quick)):
@@ -307,8 +332,9 @@ def main() -> None:
                 io_bytes = 4 * n * args.heads * args.dim * q.element_size() * (2.5 if backward else 1)
                 for method in methods:
                     if f"{method}_ms" in row:
-                        flops = attention_flops(h, args.heads, args.dim, method if method in ("flat", "blockdiag")
-                                                else "hsa")
+                        flops = attention_flops(
+                            h, args.heads, args.dim, method if method in ("flat", "blockdiag") else "hsa"
+                        )
                         seconds = row[f"{method}_ms"] / 1e3
                         row[f"{method}_tflops"] = flops * (3.5 if backward else 1) / seconds / 1e12
                         row[f"{method}_gbps"] = io_bytes / seconds / 1e9
@@ -317,8 +343,16 @@ def main() -> None:
     OUT_DIR.mkdir(exist_ok=True)
     stem = f"bench_op_{args.device}" + ("" if args.malloc == "tuned" or args.device != "cpu" else "_default_malloc")
     out = Path(args.out) if args.out else OUT_DIR / f"{stem}.json"
-    meta = {"device": device_name, "dtype": args.dtype, "heads": args.heads, "dim": args.dim,
-            "malloc": args.malloc, "torch": torch.__version__, "repeats": args.repeats, "roofline": roofline}
+    meta = {
+        "device": device_name,
+        "dtype": args.dtype,
+        "heads": args.heads,
+        "dim": args.dim,
+        "malloc": args.malloc,
+        "torch": torch.__version__,
+        "repeats": args.repeats,
+        "roofline": roofline,
+    }
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     plot(rows, out.with_suffix(".png"), meta)
     print(f"wrote {out} and {out.with_suffix('.png')}")
@@ -355,14 +389,26 @@ def plot(rows: list[dict], path: Path, meta: dict) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, pass_name in zip(axes, ("fwd", "fwd+bwd")):
         for kind, marker in (("video", "o"), ("text", "s")):
-            sel = sorted((r for r in rows if r["pass"] == pass_name and r["case"].startswith(kind)),
-                         key=lambda r: r["leaves"])
-            for method, color in (("hsa", "C0"), ("hsa_compiled", "C1"), ("hsa_graphs", "C4"),
-                                  ("hsa_torch", "C5"), ("blockdiag", "C2"), ("flat", "C3")):
+            sel = sorted(
+                (r for r in rows if r["pass"] == pass_name and r["case"].startswith(kind)), key=lambda r: r["leaves"]
+            )
+            for method, color in (
+                ("hsa", "C0"),
+                ("hsa_compiled", "C1"),
+                ("hsa_graphs", "C4"),
+                ("hsa_torch", "C5"),
+                ("blockdiag", "C2"),
+                ("flat", "C3"),
+            ):
                 pts = [(r["leaves"], r[f"{method}_ms"]) for r in sel if f"{method}_ms" in r]
                 if pts:
-                    ax.plot(*zip(*pts), marker=marker, color=color, linestyle="-" if kind == "video" else "--",
-                            label=f"{method} ({kind})")
+                    ax.plot(
+                        *zip(*pts),
+                        marker=marker,
+                        color=color,
+                        linestyle="-" if kind == "video" else "--",
+                        label=f"{method} ({kind})",
+                    )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("leaves (tokens)")
@@ -370,8 +416,10 @@ def plot(rows: list[dict], path: Path, meta: dict) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("time (ms)")
     axes[1].legend(fontsize=8)
-    fig.suptitle(f"HSA vs flat / block-diagonal SDPA: {meta['device']}, {meta['dtype']}, "
-                 f"{meta['heads']} heads x {meta['dim']}", fontsize=10)
+    fig.suptitle(
+        f"HSA vs flat / block-diagonal SDPA: {meta['device']}, {meta['dtype']}, {meta['heads']} heads x {meta['dim']}",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -30,10 +30,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data_prep.schema import ROOT_KEYS  # noqa: E402
 from mmhsa.nn import PathEmbedding, pool_nodes  # noqa: E402
 from pipelines.train.batches import Trees, retrieval_collate  # noqa: E402
 from pipelines.train.data import ShardDataModule  # noqa: E402
-from data_prep.schema import ROOT_KEYS  # noqa: E402
 from pipelines.train.retrieval import RetrievalModule  # noqa: E402
 
 DIRECTIONS = ["up", "down", "left", "right"]
@@ -44,7 +44,7 @@ def labelled_batches(samples, truth: dict, batch_size: int = 32):
     """(video trees, clip node ids, direction labels) per batch; videos whose clip count differs from
     their scene count (shot detection merged or split a scene) are left out, as their labels are unknown."""
     for at in range(0, len(samples), batch_size):
-        chunk = samples[at:at + batch_size]
+        chunk = samples[at : at + batch_size]
         videos = retrieval_collate(chunk).videos
         h = videos.hierarchy
         clips = torch.nonzero(h.kind == h.kind_names.index("clip")).flatten().tolist()
@@ -60,11 +60,26 @@ def labelled_batches(samples, truth: dict, batch_size: int = 32):
             yield videos, torch.tensor(nodes), torch.tensor(labels)
 
 
-def probe(data: ShardDataModule, truth: dict, mixer: str, positions: dict | None, epochs: int, seed: int = 0,
-          frame_differences: bool = False) -> dict:
+def probe(
+    data: ShardDataModule,
+    truth: dict,
+    mixer: str,
+    positions: dict | None,
+    epochs: int,
+    seed: int = 0,
+    frame_differences: bool = False,
+) -> dict:
     torch.manual_seed(seed)
-    encoder = RetrievalModule(dim=128, depth=2, heads=4, pos_dim=8, dropout=0.0, mixer=mixer,
-                              content_position=True, frame_differences=frame_differences).encoder
+    encoder = RetrievalModule(
+        dim=128,
+        depth=2,
+        heads=4,
+        pos_dim=8,
+        dropout=0.0,
+        mixer=mixer,
+        content_position=True,
+        frame_differences=frame_differences,
+    ).encoder
     if positions is not None:
         encoder.path = PathEmbedding(encoder.dim, ROOT_KEYS, **positions)
     head = torch.nn.Linear(encoder.dim, len(DIRECTIONS))
@@ -86,10 +101,16 @@ def probe(data: ShardDataModule, truth: dict, mixer: str, positions: dict | None
             optimizer.step()
         encoder.eval()
         with torch.no_grad():
-            correct = [(logits(v, n).argmax(1) == y).float() for v, n, y in labelled_batches(data.splits["test"], truth)]
+            correct = [
+                (logits(v, n).argmax(1) == y).float() for v, n, y in labelled_batches(data.splits["test"], truth)
+            ]
         curve.append(round(torch.cat(correct).mean().item(), 3))
-    return {"test_accuracy": curve[-1], "curve": curve, "test_clips": int(torch.cat(correct).numel()),
-            "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "test_accuracy": curve[-1],
+        "curve": curve,
+        "test_clips": int(torch.cat(correct).numel()),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,22 +129,30 @@ def main(argv: list[str] | None = None) -> int:
     data.setup()
     rows = []
     for name, mixer, positions, differences in (
-            ("HSA, earlier positions", "hsa", EARLIER, False), ("HSA, std 0.02 init", "hsa", {"init_std": 0.02}, False),
-            ("HSA", "hsa", None, False),
-            ("FSA (flat)", "flat", None, False), ("mean pool", "mean", None, False),
-            ("HSA + frame differences", "hsa", None, True), ("FSA + frame differences", "flat", None, True),
-            ("mean pool + frame differences", "mean", None, True)):
+        ("HSA, earlier positions", "hsa", EARLIER, False),
+        ("HSA, std 0.02 init", "hsa", {"init_std": 0.02}, False),
+        ("HSA", "hsa", None, False),
+        ("FSA (flat)", "flat", None, False),
+        ("mean pool", "mean", None, False),
+        ("HSA + frame differences", "hsa", None, True),
+        ("FSA + frame differences", "flat", None, True),
+        ("mean pool + frame differences", "mean", None, True),
+    ):
         if args.only and not any(o in name for o in args.only):
             continue
         result = probe(data, truth, mixer, positions, args.epochs, frame_differences=differences)
         rows.append({"model": name, **result})
         print(f"{name}: {result}", flush=True)
-    print(f"\nDirection of a clip's scene from its leaf-mean, test clips, {args.epochs} epochs "
-          f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads):\n")
+    print(
+        f"\nDirection of a clip's scene from its leaf-mean, test clips, {args.epochs} epochs "
+        f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads):\n"
+    )
     print("| model | test accuracy | curve (every 3rd epoch) | s |\n|---|---:|---|---:|")
     for r in rows:
-        print(f"| {r['model']} | {r['test_accuracy']:.3f} | {' '.join(f'{a:.2f}' for a in r['curve'][2::3])} | "
-              f"{r['seconds']:.0f} |")
+        print(
+            f"| {r['model']} | {r['test_accuracy']:.3f} | {' '.join(f'{a:.2f}' for a in r['curve'][2::3])} | "
+            f"{r['seconds']:.0f} |"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"epochs": args.epochs, "rows": rows}, indent=1))

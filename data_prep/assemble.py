@@ -109,8 +109,10 @@ def _add_video(b: _TreeBuilder, root: int, clips: list[ClipLeaves], limits: Limi
     for c in keep:
         clip = clips[c]
         if clip.patches.dim() != 4 or clip.patches.shape[0] != len(clip.frame_times) or clip.patches.shape[0] == 0:
-            raise ValueError(f"clip {c}: patches must be [F, gh, gw, C] with F = {len(clip.frame_times)} frame times "
-                             f"(F >= 1), got {list(clip.patches.shape)}")
+            raise ValueError(
+                f"clip {c}: patches must be [F, gh, gw, C] with F = {len(clip.frame_times)} frame times "
+                f"(F >= 1), got {list(clip.patches.shape)}"
+            )
         node = b.add(video, "clip", "time", (clip.start, 0))
         frames = even_subsample(len(clip.frame_times), limits.max_frames)
         dropped["frames"] = dropped.get("frames", 0) + len(clip.frame_times) - len(frames)
@@ -204,6 +206,7 @@ def assemble(
         features["text"] = torch.cat(text_rows).to(torch.float16)
     leaf_modality = torch.tensor(modality, dtype=torch.long)
     if len(leaf_modality) != hierarchy.num_leaves:
-        raise AssertionError(f"sample {sample_id!r}: {len(leaf_modality)} leaf modalities for {hierarchy.num_leaves} leaves")
+        raise AssertionError(
+            f"sample {sample_id!r}: {len(leaf_modality)} leaf modalities for {hierarchy.num_leaves} leaves"
+        )
     return Sample(sample_id, hierarchy, features, leaf_modality, dropped, dict(meta or {}))
-

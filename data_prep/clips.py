@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,8 +30,17 @@ import torch
 from data_prep.video import Video, resize
 
 __all__ = [
-    "Clip", "SamplingConfig", "ShotConfig", "ShotDetector", "WindowConfig", "clips_from_shots",
-    "fixed_windows", "sample_frames", "shot_starts", "small_frames", "split_clips",
+    "Clip",
+    "SamplingConfig",
+    "ShotConfig",
+    "ShotDetector",
+    "WindowConfig",
+    "clips_from_shots",
+    "fixed_windows",
+    "sample_frames",
+    "shot_starts",
+    "small_frames",
+    "split_clips",
 ]
 
 # Timestamps come from rational time bases; absorb float rounding where a time meets a frame's timestamp.
@@ -79,10 +88,18 @@ class WindowConfig:
 
     def __post_init__(self) -> None:
         _require(self.window_seconds > 0, self, "window_seconds", "must be > 0")
-        _require(0 <= self.overlap_seconds < self.window_seconds, self, "overlap_seconds",
-                 f"must be in [0, window_seconds={self.window_seconds})")
-        _require(0 <= self.min_clip_seconds <= self.window_seconds, self, "min_clip_seconds",
-                 f"must be in [0, window_seconds={self.window_seconds}]")
+        _require(
+            0 <= self.overlap_seconds < self.window_seconds,
+            self,
+            "overlap_seconds",
+            f"must be in [0, window_seconds={self.window_seconds})",
+        )
+        _require(
+            0 <= self.min_clip_seconds <= self.window_seconds,
+            self,
+            "min_clip_seconds",
+            f"must be in [0, window_seconds={self.window_seconds}]",
+        )
 
 
 @dataclass(frozen=True)
@@ -103,9 +120,13 @@ class ShotConfig:
     def __post_init__(self) -> None:
         _require(0 < self.threshold < 1, self, "threshold", "must be in (0, 1)")
         _require(self.min_clip_seconds >= 0, self, "min_clip_seconds", "must be >= 0")
-        _require(self.max_clip_seconds > 0 and self.max_clip_seconds >= 2 * self.min_clip_seconds, self,
-                 "max_clip_seconds", f"must be > 0 and >= 2 * min_clip_seconds = {2 * self.min_clip_seconds} "
-                                     "(else splitting a long shot makes clips shorter than the minimum)")
+        _require(
+            self.max_clip_seconds > 0 and self.max_clip_seconds >= 2 * self.min_clip_seconds,
+            self,
+            "max_clip_seconds",
+            f"must be > 0 and >= 2 * min_clip_seconds = {2 * self.min_clip_seconds} "
+            "(else splitting a long shot makes clips shorter than the minimum)",
+        )
 
 
 @dataclass(frozen=True)
@@ -119,8 +140,12 @@ class SamplingConfig:
         if (self.k is None) == (self.fps is None):
             raise ValueError(f"SamplingConfig: set exactly one of k and fps, got k={self.k!r}, fps={self.fps!r}")
         if self.k is not None:
-            _require(isinstance(self.k, int) and not isinstance(self.k, bool) and self.k >= 1, self, "k",
-                     "must be an integer >= 1")
+            _require(
+                isinstance(self.k, int) and not isinstance(self.k, bool) and self.k >= 1,
+                self,
+                "k",
+                "must be an integer >= 1",
+            )
         else:
             _require(self.fps > 0, self, "fps", "must be > 0")
 
@@ -190,8 +215,10 @@ def fixed_windows(timestamps: Timestamps, duration: float, config: WindowConfig)
 def _global_state_kept() -> Iterator[None]:
     """TransNetV2's constructor seeds torch/numpy/random with 42 and switches on deterministic algorithms
     for the whole process; put all of it back."""
-    deterministic = (torch.are_deterministic_algorithms_enabled(),
-                     torch.is_deterministic_algorithms_warn_only_enabled())
+    deterministic = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     numpy_state, python_state = np.random.get_state(), random.getstate()
     cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
@@ -246,13 +273,12 @@ class ShotDetector:
         if n == 0:
             raise ValueError("frames: empty")
         tail = self.CONTEXT + (-n) % self.STRIDE  # pad to whole windows
-        padded = torch.cat([frames[:1].expand(self.CONTEXT, -1, -1, -1), frames,
-                            frames[-1:].expand(tail, -1, -1, -1)])
+        padded = torch.cat([frames[:1].expand(self.CONTEXT, -1, -1, -1), frames, frames[-1:].expand(tail, -1, -1, -1)])
         windows = padded.unfold(0, self.WINDOW, self.STRIDE).permute(0, 4, 1, 2, 3)  # [W, 100, 27, 48, 3]
         keep = slice(self.CONTEXT, self.CONTEXT + self.STRIDE)
         scores = []
         for i in range(0, len(windows), self.batch_size):
-            logits = self.model(windows[i:i + self.batch_size].contiguous().to(self.device))[0]  # [B, 100, 1]
+            logits = self.model(windows[i : i + self.batch_size].contiguous().to(self.device))[0]  # [B, 100, 1]
             scores.append(torch.sigmoid(logits[:, keep, 0].float()).reshape(-1).cpu())
         return torch.cat(scores)[:n]
 
@@ -282,7 +308,7 @@ class ShotDetector:
             parts += [f[:1].expand(pad, *f.shape[1:]), f, f[-1:].expand(pad, *f.shape[1:])]
         scores = self.predict(torch.cat(parts))
         starts = torch.tensor([0] + [len(f) + 2 * pad for f in frames]).cumsum(0)[:-1] + pad
-        return [scores[int(s):int(s) + len(f)] for s, f in zip(starts, frames)]
+        return [scores[int(s) : int(s) + len(f)] for s, f in zip(starts, frames)]
 
     def predict_video(self, video: Video, chunk_bytes: int = 256 << 20) -> torch.Tensor:
         """Transition probabilities for every frame of a video (see :func:`small_frames`).
@@ -300,8 +326,12 @@ def small_frames(video: Video, chunk_bytes: int = 256 << 20) -> torch.Tensor:
         [video.num_frames, 27, 48, 3] uint8.
     """
     chunk = max(1, chunk_bytes // (video.height * video.width * 3))
-    return torch.cat([resize(video.frames(range(i, min(i + chunk, video.num_frames))), ShotDetector.SIZE)
-                      for i in range(0, video.num_frames, chunk)])
+    return torch.cat(
+        [
+            resize(video.frames(range(i, min(i + chunk, video.num_frames))), ShotDetector.SIZE)
+            for i in range(0, video.num_frames, chunk)
+        ]
+    )
 
 
 def shot_starts(probabilities: torch.Tensor | Sequence[float], threshold: float = 0.5) -> list[int]:
@@ -328,8 +358,7 @@ def shot_starts(probabilities: torch.Tensor | Sequence[float], threshold: float 
     return starts
 
 
-def clips_from_shots(starts: Sequence[int], timestamps: Timestamps, duration: float,
-                     config: ShotConfig) -> list[Clip]:
+def clips_from_shots(starts: Sequence[int], timestamps: Timestamps, duration: float, config: ShotConfig) -> list[Clip]:
     """Shots into clips: short shots merged into a neighbour, long shots split into equal parts.
 
     The shortest shot under ``min_clip_seconds`` merges first, into its shorter neighbour (the earlier on
@@ -359,9 +388,9 @@ def clips_from_shots(starts: Sequence[int], timestamps: Timestamps, duration: fl
         if lengths[k] >= config.min_clip_seconds - _EPS:
             break
         if k == 0 or (k < len(shots) - 1 and lengths[k + 1] < lengths[k - 1]):
-            shots[k:k + 2] = [(shots[k][0], shots[k + 1][1])]
+            shots[k : k + 2] = [(shots[k][0], shots[k + 1][1])]
         else:
-            shots[k - 1:k + 1] = [(shots[k - 1][0], shots[k][1])]
+            shots[k - 1 : k + 1] = [(shots[k - 1][0], shots[k][1])]
     clips = []
     for first, stop in shots:
         span = length((first, stop))
@@ -371,8 +400,7 @@ def clips_from_shots(starts: Sequence[int], timestamps: Timestamps, duration: fl
     return clips
 
 
-def split_clips(video: Video, config: WindowConfig | ShotConfig,
-                detector: ShotDetector | None = None) -> list[Clip]:
+def split_clips(video: Video, config: WindowConfig | ShotConfig, detector: ShotDetector | None = None) -> list[Clip]:
     """Split an opened video into clips by fixed windows or by shots.
 
     Args:
@@ -389,8 +417,7 @@ def split_clips(video: Video, config: WindowConfig | ShotConfig,
     if not isinstance(config, ShotConfig):
         raise TypeError(f"config must be WindowConfig or ShotConfig, got {type(config).__name__}")
     probabilities = (detector or ShotDetector()).predict_video(video)
-    return clips_from_shots(shot_starts(probabilities, config.threshold), video.timestamps, video.duration,
-                            config)
+    return clips_from_shots(shot_starts(probabilities, config.threshold), video.timestamps, video.duration, config)
 
 
 # ------------------------------------------------------------------ frames of a clip
@@ -414,8 +441,9 @@ def sample_frames(clip: Clip, timestamps: Timestamps, k: int | None = None, fps:
     config = SamplingConfig(k=k, fps=fps)
     ts = _timestamps(timestamps)
     if not 0 <= clip.start_frame < clip.end_frame <= len(ts):
-        raise ValueError(f"clip frames [{clip.start_frame}, {clip.end_frame}) are not inside the video's "
-                         f"{len(ts)} frames")
+        raise ValueError(
+            f"clip frames [{clip.start_frame}, {clip.end_frame}) are not inside the video's {len(ts)} frames"
+        )
     span = clip.end_time - clip.start_time
     count = config.k if config.k is not None else max(1, math.floor(span * config.fps + 0.5))
     if clip.num_frames <= count:

@@ -166,8 +166,12 @@ def read_jsonl_folder(folder: str | Path, annotations: str = "annotations.jsonl"
         path = folder / rel
         item_id = str(row.get("id", Path(rel).stem))
         if item_id in seen:
-            problems.append((f"{item_id} ({where})", f"{where}: id {item_id!r} is already used by {seen[item_id]}; "
-                                                     "give the line an 'id'"))
+            problems.append(
+                (
+                    f"{item_id} ({where})",
+                    f"{where}: id {item_id!r} is already used by {seen[item_id]}; give the line an 'id'",
+                )
+            )
             continue
         seen[item_id] = where
         if not path.is_file():
@@ -186,10 +190,22 @@ def read_jsonl_folder(folder: str | Path, annotations: str = "annotations.jsonl"
             if "question" in row and "candidates" not in row:  # open-ended: the answer is a text
                 answer_text = str(row.get("answer", "")).strip()
                 if not str(row["question"]).strip() or not answer_text:
-                    raise ValueError("an open-ended question (no 'candidates') needs a non-empty question and "
-                                     "answer text")
-                items.append(QAItem(item_id, path, str(row["question"]).strip(), [], -1, str(row.get("type", "")),
-                                    split, meta, answer_text))
+                    raise ValueError(
+                        "an open-ended question (no 'candidates') needs a non-empty question and answer text"
+                    )
+                items.append(
+                    QAItem(
+                        item_id,
+                        path,
+                        str(row["question"]).strip(),
+                        [],
+                        -1,
+                        str(row.get("type", "")),
+                        split,
+                        meta,
+                        answer_text,
+                    )
+                )
             elif "question" in row:
                 candidates = [str(c) for c in row["candidates"]]
                 answer = int(row.get("answer", -1))
@@ -197,8 +213,18 @@ def read_jsonl_folder(folder: str | Path, annotations: str = "annotations.jsonl"
                     raise ValueError("needs a non-empty question and non-empty candidates")
                 if not 0 <= answer < len(candidates):
                     raise ValueError(f"answer {answer} is not an index into the {len(candidates)} candidates")
-                items.append(QAItem(item_id, path, str(row["question"]).strip(), candidates, answer,
-                                    str(row.get("type", "")), split, meta))
+                items.append(
+                    QAItem(
+                        item_id,
+                        path,
+                        str(row["question"]).strip(),
+                        candidates,
+                        answer,
+                        str(row.get("type", "")),
+                        split,
+                        meta,
+                    )
+                )
             else:
                 # No "captions" field: a video to index only. A field given but empty is a mistake.
                 captions = [str(c).strip() for c in row.get("captions", [])]

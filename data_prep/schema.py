@@ -20,8 +20,16 @@ import torch
 
 from mmhsa import Hierarchy
 
-__all__ = ["DEFAULT_FEATURE_DIMS", "MAX_ANSWERS", "MODALITIES", "ROOT_KEYS", "Sample", "answer_key",
-           "feature_dims", "modality_id"]
+__all__ = [
+    "DEFAULT_FEATURE_DIMS",
+    "MAX_ANSWERS",
+    "MODALITIES",
+    "ROOT_KEYS",
+    "Sample",
+    "answer_key",
+    "feature_dims",
+    "modality_id",
+]
 
 # Leaf modalities, in id order (``Sample.leaf_modality`` holds the index into this tuple).
 MODALITIES = ("video", "text")

@@ -16,8 +16,8 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -74,12 +74,17 @@ def _to_record(sample: Sample) -> dict:
 
 def _from_record(record: dict) -> Sample:
     hierarchy = Hierarchy(
-        record["parent"].numpy(), kind=record["kind"].numpy(), kind_names=record["kind_names"],
-        domain=record["domain"].numpy(), coord=record["coord"].numpy(), key_names=record["key_names"],
+        record["parent"].numpy(),
+        kind=record["kind"].numpy(),
+        kind_names=record["kind_names"],
+        domain=record["domain"].numpy(),
+        coord=record["coord"].numpy(),
+        key_names=record["key_names"],
         _validated=True,
     )
-    return Sample(record["id"], hierarchy, record["features"], record["leaf_modality"].long(),
-                  record["dropped"], record["meta"])
+    return Sample(
+        record["id"], hierarchy, record["features"], record["leaf_modality"].long(), record["dropped"], record["meta"]
+    )
 
 
 def read_failures(directory: str | Path) -> list[dict]:
@@ -101,8 +106,9 @@ class ShardWriter:
         shard_size: samples per shard.
     """
 
-    def __init__(self, directory: str | Path, config: dict, encoders: dict[str, str] | None = None,
-                 shard_size: int = 256):
+    def __init__(
+        self, directory: str | Path, config: dict, encoders: dict[str, str] | None = None, shard_size: int = 256
+    ):
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         self.dir = Path(directory)
@@ -136,8 +142,10 @@ class ShardWriter:
         for modality, rows in sample.features.items():  # the model's input widths (data_prep.schema.feature_dims)
             width = int(rows.shape[-1])
             if self.feature_dims.setdefault(modality, width) != width:
-                raise ValueError(f"sample {sample.id!r}: {modality} features are {width} wide, the samples before "
-                                 f"it in {self.dir} {self.feature_dims[modality]}")
+                raise ValueError(
+                    f"sample {sample.id!r}: {modality} features are {width} wide, the samples before "
+                    f"it in {self.dir} {self.feature_dims[modality]}"
+                )
         self.buffer.append(sample)
         self.failures.pop(sample.id, None)
         if len(self.buffer) >= self.shard_size:
@@ -155,11 +163,19 @@ class ShardWriter:
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
             torch.save(records, tmp)
             os.replace(tmp, path)
-            self.shards.append({"file": path.name, "samples": len(records), "sha256": file_sha256(path),
-                                "ids": [s.id for s in self.buffer],
-                                "leaves": {m: int(sum(s.features[m].shape[0] for s in self.buffer if m in s.features))
-                                           for m in sorted({m for s in self.buffer for m in s.features})},
-                                "dropped": _sum_dicts(s.dropped for s in self.buffer)})
+            self.shards.append(
+                {
+                    "file": path.name,
+                    "samples": len(records),
+                    "sha256": file_sha256(path),
+                    "ids": [s.id for s in self.buffer],
+                    "leaves": {
+                        m: int(sum(s.features[m].shape[0] for s in self.buffer if m in s.features))
+                        for m in sorted({m for s in self.buffer for m in s.features})
+                    },
+                    "dropped": _sum_dicts(s.dropped for s in self.buffer),
+                }
+            )
             self.done_ids.update(s.id for s in self.buffer)
             self.buffer = []
         lines = "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in self.failures.values())
@@ -189,7 +205,7 @@ class ShardWriter:
     def close(self) -> None:
         self.flush()
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -228,8 +244,10 @@ class ShardDataset(torch.utils.data.Dataset):
             info = self.manifest["shards"][s]
             path = self.dir / info["file"]
             if not path.is_file():
-                raise FileNotFoundError(f"{path}: shard listed in {self.dir / MANIFEST} is missing (prepare the "
-                                        "dataset again into an empty directory)")
+                raise FileNotFoundError(
+                    f"{path}: shard listed in {self.dir / MANIFEST} is missing (prepare the "
+                    "dataset again into an empty directory)"
+                )
             actual = file_sha256(path)
             if actual != info["sha256"]:
                 raise ValueError(f"{path}: checksum {actual[:12]} does not match the manifest's {info['sha256'][:12]}")

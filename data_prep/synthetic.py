@@ -38,12 +38,26 @@ from pathlib import Path
 import av
 import numpy as np
 
-__all__ = ["COLOURS", "DIRECTIONS", "QUESTION_TYPES", "SHAPES", "CorpusConfig", "Scene", "VideoSpec",
-           "generate", "render", "video_spec"]
+__all__ = [
+    "COLOURS",
+    "DIRECTIONS",
+    "QUESTION_TYPES",
+    "SHAPES",
+    "CorpusConfig",
+    "Scene",
+    "VideoSpec",
+    "generate",
+    "render",
+    "video_spec",
+]
 
 COLOURS = {
-    "red": (225, 40, 35), "green": (40, 200, 70), "blue": (45, 100, 240),
-    "yellow": (240, 225, 40), "purple": (160, 60, 210), "white": (240, 240, 240),
+    "red": (225, 40, 35),
+    "green": (40, 200, 70),
+    "blue": (45, 100, 240),
+    "yellow": (240, 225, 40),
+    "purple": (160, 60, 210),
+    "white": (240, 240, 240),
 }
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0)}  # (dx, dy) in image axes
@@ -84,18 +98,33 @@ class CorpusConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.num_videos >= 1, "num_videos", "must be >= 1"),
-            (self.height >= 32 and self.width >= 32 and self.height % 2 == 0 and self.width % 2 == 0,
-             "height", "height and width must be even and >= 32"),
+            (
+                self.height >= 32 and self.width >= 32 and self.height % 2 == 0 and self.width % 2 == 0,
+                "height",
+                "height and width must be even and >= 32",
+            ),
             (self.fps >= 1, "fps", "must be >= 1"),
-            (2 <= self.min_scenes <= self.max_scenes <= len(COLOURS), "min_scenes",
-             f"need 2 <= min_scenes <= max_scenes <= {len(COLOURS)}"),
-            (0 < self.min_scene_seconds <= self.max_scene_seconds, "min_scene_seconds",
-             "need 0 < min_scene_seconds <= max_scene_seconds"),
+            (
+                2 <= self.min_scenes <= self.max_scenes <= len(COLOURS),
+                "min_scenes",
+                f"need 2 <= min_scenes <= max_scenes <= {len(COLOURS)}",
+            ),
+            (
+                0 < self.min_scene_seconds <= self.max_scene_seconds,
+                "min_scene_seconds",
+                "need 0 < min_scene_seconds <= max_scene_seconds",
+            ),
             (self.min_scene_seconds * self.fps >= 2, "min_scene_seconds", "a scene needs >= 2 frames (x fps)"),
-            (1 <= self.captions_per_video <= len(_CAPTION_TEMPLATES), "captions_per_video",
-             f"must be in 1..{len(_CAPTION_TEMPLATES)}"),
-            (0 <= self.questions_per_video <= len(QUESTION_TYPES), "questions_per_video",
-             f"must be in 0..{len(QUESTION_TYPES)}"),
+            (
+                1 <= self.captions_per_video <= len(_CAPTION_TEMPLATES),
+                "captions_per_video",
+                f"must be in 1..{len(_CAPTION_TEMPLATES)}",
+            ),
+            (
+                0 <= self.questions_per_video <= len(QUESTION_TYPES),
+                "questions_per_video",
+                f"must be in 0..{len(QUESTION_TYPES)}",
+            ),
         ]
         for ok, name, rule in checks:
             if not ok:
@@ -171,8 +200,20 @@ def _scenes(rng: np.random.Generator, config: CorpusConfig) -> tuple[list[Scene]
         across = rng.uniform(-0.2, 0.2)
         x0 = along_x if dx else config.width * (0.5 + across)
         y0 = along_y if dy else config.height * (0.5 + across)
-        scenes.append(Scene(str(colour), str(rng.choice(SHAPES)), direction, int(background), int(pattern), frame,
-                            frame + length, float(x0), float(y0), float(radius)))
+        scenes.append(
+            Scene(
+                str(colour),
+                str(rng.choice(SHAPES)),
+                direction,
+                int(background),
+                int(pattern),
+                frame,
+                frame + length,
+                float(x0),
+                float(y0),
+                float(radius),
+            )
+        )
         frame += length
     return scenes, frame
 
@@ -208,8 +249,7 @@ def _question(kind: str, scenes: list[Scene], rng: np.random.Generator) -> dict:
         raise AssertionError(f"question {question!r}: candidates {candidates} are not 5 distinct answers")
     order = rng.permutation(5)
     shuffled = [candidates[j] for j in order]
-    return {"question": question, "candidates": shuffled, "answer": int(np.flatnonzero(order == 0)[0]),
-            "type": kind}
+    return {"question": question, "candidates": shuffled, "answer": int(np.flatnonzero(order == 0)[0]), "type": kind}
 
 
 def video_spec(index: int, config: CorpusConfig) -> VideoSpec:
@@ -220,8 +260,9 @@ def video_spec(index: int, config: CorpusConfig) -> VideoSpec:
     captions = tuple(_CAPTION_TEMPLATES[t](scenes) for t in sorted(templates))
     kinds = rng.permutation(QUESTION_TYPES)[: config.questions_per_video]
     questions = tuple(_question(str(k), scenes, rng) for k in kinds)
-    return VideoSpec(f"video{index:04d}", index, SPLIT_OF_DIGIT[index % 10], num_frames, tuple(scenes),
-                     captions, questions)
+    return VideoSpec(
+        f"video{index:04d}", index, SPLIT_OF_DIGIT[index % 10], num_frames, tuple(scenes), captions, questions
+    )
 
 
 # ------------------------------------------------------------------ pixels
@@ -293,10 +334,22 @@ def _write_text(path: Path, text: str) -> None:
 
 # ------------------------------------------------------------------ annotations
 def _msrvtt(specs: list[VideoSpec], config: CorpusConfig) -> str:
-    videos = [{"video_id": s.id, "id": s.index, "split": s.split, "category": 0, "url": "",
-               "start time": 0.0, "end time": s.num_frames / config.fps} for s in specs]
-    sentences = [{"video_id": s.id, "caption": c, "sen_id": n}
-                 for n, (s, c) in enumerate((s, c) for s in specs for c in s.captions)]
+    videos = [
+        {
+            "video_id": s.id,
+            "id": s.index,
+            "split": s.split,
+            "category": 0,
+            "url": "",
+            "start time": 0.0,
+            "end time": s.num_frames / config.fps,
+        }
+        for s in specs
+    ]
+    sentences = [
+        {"video_id": s.id, "caption": c, "sen_id": n}
+        for n, (s, c) in enumerate((s, c) for s in specs for c in s.captions)
+    ]
     info = {"description": "mmhsa synthetic corpus (moving shapes)", "config": asdict(config)}
     return json.dumps({"info": info, "videos": videos, "sentences": sentences}, indent=1)
 
@@ -304,23 +357,44 @@ def _msrvtt(specs: list[VideoSpec], config: CorpusConfig) -> str:
 def _nextqa(specs: list[VideoSpec], config: CorpusConfig, split: str) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["video", "frame_count", "width", "height", "question", "answer", "qid", "type",
-                     "a0", "a1", "a2", "a3", "a4"])
+    writer.writerow(
+        ["video", "frame_count", "width", "height", "question", "answer", "qid", "type", "a0", "a1", "a2", "a3", "a4"]
+    )
     for s in specs:
         if _CSV_SPLIT[s.split] != split:
             continue
         for qid, q in enumerate(s.questions):
-            writer.writerow([s.id, s.num_frames, config.width, config.height, q["question"], q["answer"], qid,
-                             q["type"], *q["candidates"]])
+            writer.writerow(
+                [
+                    s.id,
+                    s.num_frames,
+                    config.width,
+                    config.height,
+                    q["question"],
+                    q["answer"],
+                    qid,
+                    q["type"],
+                    *q["candidates"],
+                ]
+            )
     return out.getvalue()
 
 
 def _ground_truth(spec: VideoSpec, config: CorpusConfig) -> dict:
-    scenes = [{**asdict(s), "start_seconds": s.start_frame / config.fps, "end_seconds": s.end_frame / config.fps}
-              for s in spec.scenes]
-    return {"video_id": spec.id, "split": spec.split, "num_frames": spec.num_frames, "fps": config.fps,
-            "cuts": [s.start_frame for s in spec.scenes[1:]], "scenes": scenes,
-            "captions": list(spec.captions), "questions": list(spec.questions)}
+    scenes = [
+        {**asdict(s), "start_seconds": s.start_frame / config.fps, "end_seconds": s.end_frame / config.fps}
+        for s in spec.scenes
+    ]
+    return {
+        "video_id": spec.id,
+        "split": spec.split,
+        "num_frames": spec.num_frames,
+        "fps": config.fps,
+        "cuts": [s.start_frame for s in spec.scenes[1:]],
+        "scenes": scenes,
+        "captions": list(spec.captions),
+        "questions": list(spec.questions),
+    }
 
 
 def generate(root: str | os.PathLike, config: CorpusConfig = CorpusConfig(), progress: bool = False) -> dict:
@@ -337,8 +411,10 @@ def generate(root: str | os.PathLike, config: CorpusConfig = CorpusConfig(), pro
     if done.exists():
         existing = json.loads(done.read_text(encoding="utf-8"))
         if existing["config"] != asdict(config):
-            raise ValueError(f"{root}: holds a synthetic corpus made with {existing['config']}, not {asdict(config)}; "
-                             "use another directory or delete it")
+            raise ValueError(
+                f"{root}: holds a synthetic corpus made with {existing['config']}, not {asdict(config)}; "
+                "use another directory or delete it"
+            )
         return existing
     started = time.perf_counter()
     (root / "videos").mkdir(parents=True, exist_ok=True)
@@ -353,11 +429,11 @@ def generate(root: str | os.PathLike, config: CorpusConfig = CorpusConfig(), pro
     _write_text(root / "msrvtt.json", _msrvtt(specs, config))
     for split in ("train", "val", "test"):
         _write_text(root / "nextqa" / f"{split}.csv", _nextqa(specs, config, split))
-    _write_text(root / "ground_truth.jsonl",
-                "".join(json.dumps(_ground_truth(s, config)) + "\n" for s in specs))
+    _write_text(root / "ground_truth.jsonl", "".join(json.dumps(_ground_truth(s, config)) + "\n" for s in specs))
     summary = {
         "config": asdict(config),
-        "videos": len(specs), "written_now": written,
+        "videos": len(specs),
+        "written_now": written,
         "frames": sum(s.num_frames for s in specs),
         "captions": sum(len(s.captions) for s in specs),
         "questions": sum(len(s.questions) for s in specs),
@@ -385,8 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(parser.parse_args(argv))
     root = args.pop("root")
     summary = generate(root, CorpusConfig(**args), progress=True)
-    print(f"{root}: {summary['videos']} videos ({summary['frames']} frames), {summary['captions']} captions, "
-          f"{summary['questions']} questions, splits {summary['splits']}")
+    print(
+        f"{root}: {summary['videos']} videos ({summary['frames']} frames), {summary['captions']} captions, "
+        f"{summary['questions']} questions, splits {summary['splits']}"
+    )
     return 0
 
 

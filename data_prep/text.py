@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
 from mmhsa.encoders.text import TokenEncoder
 
 __all__ = [
-    "Cue", "Section", "Sentence", "encode_sentences", "parse_subtitles", "sections_from_cues",
-    "sections_from_paragraphs", "split_sentences",
+    "Cue",
+    "Section",
+    "Sentence",
+    "encode_sentences",
+    "parse_subtitles",
+    "sections_from_cues",
+    "sections_from_paragraphs",
+    "split_sentences",
 ]
 
 
@@ -60,10 +66,10 @@ def split_sentences(text: str) -> list[str]:
     sentences, start = [], 0
     for match in _END.finditer(text):
         if match.group("mark") == ".":
-            last_word = text[start:match.start()].rsplit(" ", 1)[-1].lower()
+            last_word = text[start : match.start()].rsplit(" ", 1)[-1].lower()
             if last_word in _ABBREVIATIONS or (len(last_word) == 1 and last_word.isalpha()):
                 continue  # "Dr. Smith", "J. R. R. Tolkien": not a sentence end
-        piece = text[start:match.end()].strip()
+        piece = text[start : match.end()].strip()
         if piece:
             sentences.append(piece)
         start = match.end()

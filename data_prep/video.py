@@ -22,9 +22,9 @@ from __future__ import annotations
 import bisect
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import av
 import decord
@@ -116,10 +116,12 @@ def _read_frame_table(path: Path) -> _FrameTable:
     except av.FFmpegError as e:
         kind = next((name for name, match in _SIGNATURES.items() if match(head)), None)
         if kind is None:
-            raise VideoError(path, "not a media file (its content matches no video container format and "
-                                   "FFmpeg cannot open it)") from None
-        raise VideoError(path, f"truncated or corrupt {kind} file: FFmpeg cannot read its header or index "
-                               f"({e.strerror})") from None
+            raise VideoError(
+                path, "not a media file (its content matches no video container format and FFmpeg cannot open it)"
+            ) from None
+        raise VideoError(
+            path, f"truncated or corrupt {kind} file: FFmpeg cannot read its header or index ({e.strerror})"
+        ) from None
     with container:
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams})
@@ -138,8 +140,10 @@ def _read_frame_table(path: Path) -> _FrameTable:
             # frame's own (elsewhere they are all presentation durations, so it serves as well).
             tail = packets[-1].duration
             packets.sort(key=lambda p: p.pts)  # decode order -> presentation order
-            timestamps = (torch.tensor([p.pts for p in packets], dtype=torch.float64) * tb
-                          - (container.start_time or 0) / av.time_base)
+            timestamps = (
+                torch.tensor([p.pts for p in packets], dtype=torch.float64) * tb
+                - (container.start_time or 0) / av.time_base
+            )
             if tail:
                 last = tail * tb
             elif n > 1:
@@ -149,16 +153,27 @@ def _read_frame_table(path: Path) -> _FrameTable:
         duration = float(timestamps[-1]) + last
         declared = _declared_seconds(stream)
         if declared is not None and declared > duration - float(timestamps[0]) + 1.5 * last:
-            raise VideoError(path, f"truncated or corrupt: the container says the video lasts {declared:.3f} s "
-                                   f"but its frames end at {duration:.3f} s (after frame {n})")
+            raise VideoError(
+                path,
+                f"truncated or corrupt: the container says the video lasts {declared:.3f} s "
+                f"but its frames end at {duration:.3f} s (after frame {n})",
+            )
         pts = tuple(p.pts for p in packets)
         if None in pts or len(set(pts)) < n:  # frames cannot be told apart by pts: count them from the start
             pts, keyframes, seek_targets = None, (0,), (0,)
         else:
             keyframes = tuple(sorted({0, *(i for i, p in enumerate(packets) if p.is_keyframe)}))
             seek_targets = tuple(min(pts[k], pts[k] if packets[k].dts is None else packets[k].dts) for k in keyframes)
-        return _FrameTable(pts=pts, timestamps=timestamps, keyframes=keyframes, seek_targets=seek_targets,
-                           duration=duration, width=stream.width, height=stream.height, rotation=rotation)
+        return _FrameTable(
+            pts=pts,
+            timestamps=timestamps,
+            keyframes=keyframes,
+            seek_targets=seek_targets,
+            duration=duration,
+            width=stream.width,
+            height=stream.height,
+            rotation=rotation,
+        )
 
 
 def _demux(path: Path, container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> list[av.Packet]:
@@ -177,8 +192,11 @@ def _demux(path: Path, container: av.container.InputContainer, stream: av.video.
     intact = next((i for i, p in enumerate(packets) if p.is_corrupt), len(packets))
     listed = max(demuxed, stream.frames)  # stream.frames: the container's own count, 0 where unknown
     if intact < len(packets) or demuxed < listed:
-        raise VideoError(path, f"truncated or corrupt: the container lists {listed} frames but the data breaks "
-                               f"off at frame {min(intact, demuxed)}")
+        raise VideoError(
+            path,
+            f"truncated or corrupt: the container lists {listed} frames but the data breaks "
+            f"off at frame {min(intact, demuxed)}",
+        )
     return packets
 
 
@@ -228,8 +246,9 @@ class _DecordDecoder:
         except (decord.DECORDError, RuntimeError) as e:
             raise _DecordFailure(f"cannot open it: {_decord_message(e)}") from None
         if len(self._reader) != len(table.timestamps):
-            raise _DecordFailure(f"it counts {len(self._reader)} frames where the container lists "
-                                 f"{len(table.timestamps)}")
+            raise _DecordFailure(
+                f"it counts {len(self._reader)} frames where the container lists {len(table.timestamps)}"
+            )
         self._shape = (height, width, 3)
 
     def decode(self, indices: list[int]) -> torch.Tensor:
@@ -277,8 +296,14 @@ class _PyAVDecoder:
             frames = torch.rot90(frames, table.rotation // 90, dims=(1, 2)).contiguous()
         return frames
 
-    def _decode_run(self, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-                    wanted: set[int], last: int, found: dict[int, np.ndarray]) -> None:
+    def _decode_run(
+        self,
+        container: av.container.InputContainer,
+        stream: av.video.stream.VideoStream,
+        wanted: set[int],
+        last: int,
+        found: dict[int, np.ndarray],
+    ) -> None:
         n = len(self._table.timestamps)
         index = -1
         try:
@@ -291,12 +316,12 @@ class _PyAVDecoder:
                 if index >= last:
                     break
         except av.FFmpegError as e:
-            raise VideoError(self._path, f"truncated or corrupt: decoding fails at frame {index + 1} of {n} "
-                                         f"({e.strerror})") from None
+            raise VideoError(
+                self._path, f"truncated or corrupt: decoding fails at frame {index + 1} of {n} ({e.strerror})"
+            ) from None
         missing = wanted - found.keys()
         if missing:
-            raise VideoError(self._path, f"truncated or corrupt: decoding stops before frame {min(missing)} "
-                                         f"of {n}")
+            raise VideoError(self._path, f"truncated or corrupt: decoding stops before frame {min(missing)} of {n}")
 
 
 # ------------------------------------------------------------------ the public video
@@ -390,14 +415,17 @@ class Video:
             pyav = _PyAVDecoder(self.path, self._table)
             frames = pyav.decode(indices)  # a damaged file raises here, naming the frame
             if not self._fallback:
-                raise VideoError(self.path, f"decord cannot decode it ({failure}); backend 'pyav' or 'auto' "
-                                            f"can") from None
+                raise VideoError(
+                    self.path, f"decord cannot decode it ({failure}); backend 'pyav' or 'auto' can"
+                ) from None
             self._decoder = pyav
             return frames
 
     def __repr__(self) -> str:
-        return (f"Video('{self.path}', {self.num_frames} frames, {self.width}x{self.height}, "
-                f"{self.fps:.3f} fps, rotation={self.rotation}, backend={self.backend!r})")
+        return (
+            f"Video('{self.path}', {self.num_frames} frames, {self.width}x{self.height}, "
+            f"{self.fps:.3f} fps, rotation={self.rotation}, backend={self.backend!r})"
+        )
 
 
 def open_video(path: str | os.PathLike, backend: str = "auto") -> Video:
@@ -435,8 +463,13 @@ def resize(frames: torch.Tensor, size: tuple[int, int], dtype: torch.dtype = tor
     """
     if frames.dim() != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
         raise ValueError(f"frames must be [T, H, W, 3] uint8, got {list(frames.shape)} {frames.dtype}")
-    x = F.interpolate(frames.permute(0, 3, 1, 2).float(), size=tuple(size), mode="bilinear",
-                      antialias=True, align_corners=False).permute(0, 2, 3, 1).clamp_(0, 255)
+    x = (
+        F.interpolate(
+            frames.permute(0, 3, 1, 2).float(), size=tuple(size), mode="bilinear", antialias=True, align_corners=False
+        )
+        .permute(0, 2, 3, 1)
+        .clamp_(0, 255)
+    )
     if dtype == torch.uint8:
         return x.round_().to(torch.uint8).contiguous()
     if not dtype.is_floating_point:

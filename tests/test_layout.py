@@ -15,9 +15,13 @@ PACKAGES = ("mmhsa", "data_prep", "pipelines")
 
 # (importer prefix, forbidden prefix): mmhsa <- data_prep <- pipelines.train <- pipelines.infer <- pipelines.cli
 FORBIDDEN = [
-    ("mmhsa", "data_prep"), ("mmhsa", "pipelines"), ("mmhsa", "lightning"),
-    ("data_prep", "pipelines"), ("data_prep", "lightning"),
-    ("pipelines.train", "pipelines.infer"), ("pipelines.train", "pipelines.cli"),
+    ("mmhsa", "data_prep"),
+    ("mmhsa", "pipelines"),
+    ("mmhsa", "lightning"),
+    ("data_prep", "pipelines"),
+    ("data_prep", "lightning"),
+    ("pipelines.train", "pipelines.infer"),
+    ("pipelines.train", "pipelines.cli"),
     ("pipelines.infer", "pipelines.cli"),
 ]
 
@@ -67,8 +71,13 @@ def test_the_graph_sees_the_project():
 
 
 def test_layers_import_one_way():
-    broken = sorted(f"{module} imports {target}" for module, targets in import_graph().items() for target in targets
-                    for low, high in FORBIDDEN if within(module, low) and within(target, high))
+    broken = sorted(
+        f"{module} imports {target}"
+        for module, targets in import_graph().items()
+        for target in targets
+        for low, high in FORBIDDEN
+        if within(module, low) and within(target, high)
+    )
     assert not broken, "\n".join(broken)
 
 
@@ -107,11 +116,15 @@ def test_no_import_cycle():
 
 def repository_files() -> list[Path]:
     try:
-        listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                                text=True, check=True).stdout.split("\n")
+        listed = subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.split("\n")
     except (OSError, subprocess.CalledProcessError):  # not a git checkout: every file but the ignored kinds
-        listed = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*") if p.is_file()
-                  and not {".git", ".venv", "runs", "data", "__pycache__"} & set(p.relative_to(ROOT).parts)]
+        listed = [
+            str(p.relative_to(ROOT))
+            for p in ROOT.rglob("*")
+            if p.is_file() and not {".git", ".venv", "runs", "data", "__pycache__"} & set(p.relative_to(ROOT).parts)
+        ]
     return [ROOT / f for f in listed if f and (ROOT / f).is_file()]
 
 

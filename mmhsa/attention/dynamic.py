@@ -18,7 +18,7 @@ finite placeholders, which keeps values *and gradients* free of NaN on degenerat
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +59,7 @@ def _reduce_up(
         first = plan.level_leaf_first[d]
         size = plan.level_ptr[d + 1] - plan.level_ptr[d]
         if first is not None:  # a level made of consecutive leaves only: a slice, no scatter
-            levels[d] = leaf_values[first:first + size]
+            levels[d] = leaf_values[first : first + size]
             continue
         s = _children_per_node(plan, d + 1) if d + 1 < plan.num_levels else 0
         if s:  # every node has S children (so no leaf): [F, 1, S] @ [F, S, H*C], a batched weighted sum
@@ -142,8 +142,9 @@ def hsa_torch(
     """
     if torch.is_autocast_enabled(q.device.type):
         with torch.autocast(q.device.type, enabled=False):
-            return hsa_torch(q, k, v, hierarchy, pos=pos, include_self=include_self, scale=scale,
-                             family_pass=family_pass)
+            return hsa_torch(
+                q, k, v, hierarchy, pos=pos, include_self=include_self, scale=scale, family_pass=family_pass
+            )
     t, pos = check_inputs(q, k, v, hierarchy, pos, scale)
     plan = hierarchy.plan
     levels = plan.num_levels

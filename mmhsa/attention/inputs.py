@@ -34,7 +34,9 @@ def check_inputs(q, k, v, hierarchy: Hierarchy, pos, scale) -> tuple[float, torc
         if t is not None and not t.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
         if t is not None and t.device != hierarchy.device:
-            raise ValueError(f"{name} is on {t.device} but the hierarchy is on {hierarchy.device} (use hierarchy.to(...))")
+            raise ValueError(
+                f"{name} is on {t.device} but the hierarchy is on {hierarchy.device} (use hierarchy.to(...))"
+            )
     if pos is not None:
         if pos.dim() == 2:
             pos = pos[:, None, :].expand(pos.shape[0], h, pos.shape[1])

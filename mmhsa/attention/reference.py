@@ -78,7 +78,9 @@ def hsa_matrix(
         if p >= 0 and int(parent[p]) >= 0:
             reach[a] = reach[p] * mu[:, p]
     reach = torch.stack(reach, dim=1)  # [H, M]
-    block = torch.where(sib[None], reach[:, :, None] * torch.exp(s - torch.where(sib[None], log_z[:, :, None], 0.0)), 0.0)
+    block = torch.where(
+        sib[None], reach[:, :, None] * torch.exp(s - torch.where(sib[None], log_z[:, :, None], 0.0)), 0.0
+    )
     theta = mem.t() @ block @ mem  # [H, N, N]
     if include_self:
         leaf = h.leaf_node
@@ -86,11 +88,8 @@ def hsa_matrix(
     return theta
 
 
-def hsa_reference(
-    q, k, v, hierarchy, *, pos=None, include_self=False, scale=None, compute_dtype=None
-) -> torch.Tensor:
+def hsa_reference(q, k, v, hierarchy, *, pos=None, include_self=False, scale=None, compute_dtype=None) -> torch.Tensor:
     """``theta @ v`` with the dense matrix; returns [N, H, Dv] in the dtype of ``v``."""
-    theta = hsa_matrix(q, k, hierarchy, pos=pos, include_self=include_self, scale=scale,
-                       compute_dtype=compute_dtype)
+    theta = hsa_matrix(q, k, hierarchy, pos=pos, include_self=include_self, scale=scale, compute_dtype=compute_dtype)
     out = theta @ v.to(theta.dtype).transpose(0, 1)  # [H, N, Dv]
     return out.transpose(0, 1).to(v.dtype)

@@ -3,5 +3,12 @@
 from .frames import PatchEncoder, PatchEncoderConfig
 from .text import OpenClipTokenEncoder, TextEncoderConfig, TokenEncoder, build_text_encoder, minilm_path
 
-__all__ = ["OpenClipTokenEncoder", "PatchEncoder", "PatchEncoderConfig", "TextEncoderConfig", "TokenEncoder",
-           "build_text_encoder", "minilm_path"]
+__all__ = [
+    "OpenClipTokenEncoder",
+    "PatchEncoder",
+    "PatchEncoderConfig",
+    "TextEncoderConfig",
+    "TokenEncoder",
+    "build_text_encoder",
+    "minilm_path",
+]

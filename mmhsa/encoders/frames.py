@@ -66,8 +66,9 @@ def _lite0_state_dict(model: torch.nn.Module) -> dict:
     renamed = {}
     for (name, value), (key, expected) in zip(shipped.items(), target.items()):
         if value.shape != expected.shape:
-            raise RuntimeError(f"EfficientNet-Lite0 weights: {name} {tuple(value.shape)} does not fit {key} "
-                               f"{tuple(expected.shape)}")
+            raise RuntimeError(
+                f"EfficientNet-Lite0 weights: {name} {tuple(value.shape)} does not fit {key} {tuple(expected.shape)}"
+            )
         renamed[key] = value
     return renamed
 
@@ -97,8 +98,13 @@ class PatchEncoder:
 
         model = timm.create_model(config.name, pretrained=False, num_classes=0)
         if config.weights is None:
-            model.load_state_dict({k: v for k, v in _lite0_state_dict(timm.create_model(config.name)).items()
-                                   if not k.startswith("classifier.")})
+            model.load_state_dict(
+                {
+                    k: v
+                    for k, v in _lite0_state_dict(timm.create_model(config.name)).items()
+                    if not k.startswith("classifier.")
+                }
+            )
         elif config.weights != "random":
             state = torch.load(config.weights, map_location="cpu", weights_only=True)
             model.load_state_dict(state.get("state_dict", state), strict=False)
@@ -122,7 +128,7 @@ class PatchEncoder:
             feats = self.model.forward_features(x)
             if feats.dim() == 4:  # a CNN feature map [B, C, gh, gw]
                 return feats.permute(0, 2, 3, 1)
-            tokens = feats[:, getattr(self.model, "num_prefix_tokens", 0):]  # drop class/register tokens
+            tokens = feats[:, getattr(self.model, "num_prefix_tokens", 0) :]  # drop class/register tokens
         side = int(round(tokens.shape[1] ** 0.5))
         if side * side != tokens.shape[1]:
             raise RuntimeError(f"{self.config.name}: {tokens.shape[1]} patch tokens do not form a square grid")
@@ -137,7 +143,7 @@ class PatchEncoder:
         size = self.config.image_size
         out = []
         for b in range(0, frames.shape[0], self.config.batch_size):
-            x = frames[b:b + self.config.batch_size].to(self.device).permute(0, 3, 1, 2).float().div_(255)
+            x = frames[b : b + self.config.batch_size].to(self.device).permute(0, 3, 1, 2).float().div_(255)
             if x.shape[-2:] != (size, size):
                 x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
             out.append(self._features((x - mean) / std).to("cpu", torch.float16))

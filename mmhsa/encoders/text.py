@@ -9,8 +9,8 @@ share one interface: ``encode(texts) -> [(pieces, [T_i, dim] fp16)]`` and ``dim`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -40,17 +40,21 @@ class TextEncoderConfig:
         if self.source not in ("hf", "open_clip"):
             raise ValueError(f"TextEncoderConfig.source must be 'hf' or 'open_clip', got {self.source!r}")
         if self.source == "open_clip" and (not self.name or not self.weights):
-            raise ValueError("TextEncoderConfig: open_clip needs a model name and weights (a checkpoint path on "
-                             "disk, nothing is downloaded; 'random' for tests)")
+            raise ValueError(
+                "TextEncoderConfig: open_clip needs a model name and weights (a checkpoint path on "
+                "disk, nothing is downloaded; 'random' for tests)"
+            )
 
 
 def build_text_encoder(config: TextEncoderConfig = TextEncoderConfig(), device: str | torch.device = "cpu"):
     """The configured token encoder."""
     if config.source == "hf":
-        return TokenEncoder(config.name, max_tokens=config.max_tokens or 128, batch_size=config.batch_size,
-                            device=device)
-    return OpenClipTokenEncoder(config.name, config.weights, max_tokens=config.max_tokens,
-                                batch_size=config.batch_size, device=device)
+        return TokenEncoder(
+            config.name, max_tokens=config.max_tokens or 128, batch_size=config.batch_size, device=device
+        )
+    return OpenClipTokenEncoder(
+        config.name, config.weights, max_tokens=config.max_tokens, batch_size=config.batch_size, device=device
+    )
 
 
 def minilm_path() -> str:
@@ -71,8 +75,13 @@ class TokenEncoder:
         device: torch device for the encoder.
     """
 
-    def __init__(self, model_path: str | None = None, max_tokens: int = 128, batch_size: int = 64,
-                 device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        model_path: str | None = None,
+        max_tokens: int = 128,
+        batch_size: int = 64,
+        device: str | torch.device = "cpu",
+    ):
         from transformers import AutoModel, AutoTokenizer
 
         self.model_path = model_path or minilm_path()
@@ -98,18 +107,20 @@ class TokenEncoder:
         windows: list[tuple[int, list[int]]] = []  # (text index, piece ids)
         for i, pieces in enumerate(tokens):
             ids = self.tokenizer.convert_tokens_to_ids(pieces)
-            windows += [(i, ids[w:w + self.max_tokens]) for w in range(0, len(ids), self.max_tokens)]
+            windows += [(i, ids[w : w + self.max_tokens]) for w in range(0, len(ids), self.max_tokens)]
         parts: list[list[torch.Tensor]] = [[] for _ in texts]
         cls, sep, pad = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id, self.tokenizer.pad_token_id
         for b in range(0, len(windows), self.batch_size):
-            batch = windows[b:b + self.batch_size]
+            batch = windows[b : b + self.batch_size]
             longest = max(len(ids) for _, ids in batch) + 2
             input_ids = torch.full((len(batch), longest), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), longest), dtype=torch.long)
             for row, (_, ids) in enumerate(batch):
                 input_ids[row, : len(ids) + 2] = torch.tensor([cls, *ids, sep])
                 mask[row, : len(ids) + 2] = 1
-            hidden = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
+            hidden = self.model(
+                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)
+            ).last_hidden_state
             for row, (i, ids) in enumerate(batch):
                 parts[i].append(hidden[row, 1 : len(ids) + 1].to("cpu", torch.float16))
         empty = torch.zeros(0, self.dim, dtype=torch.float16)
@@ -127,17 +138,25 @@ class OpenClipTokenEncoder:
         device: torch device.
     """
 
-    def __init__(self, name: str, weights: str, max_tokens: int | None = None, batch_size: int = 64,
-                 device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        name: str,
+        weights: str,
+        max_tokens: int | None = None,
+        batch_size: int = 64,
+        device: str | torch.device = "cpu",
+    ):
         import open_clip
 
         model = open_clip.create_model(name, pretrained=None if weights == "random" else weights)
         if not all(hasattr(model, a) for a in ("token_embedding", "positional_embedding", "transformer", "ln_final")):
-            raise ValueError(f"open_clip {name!r}: only CLIP-style text towers (token embedding + transformer) are "
-                             "supported")
+            raise ValueError(
+                f"open_clip {name!r}: only CLIP-style text towers (token embedding + transformer) are supported"
+            )
         if getattr(model, "attn_mask", None) is None:
-            raise ValueError(f"open_clip {name!r}: its text tower has no causal mask, so padding would leak into "
-                             "token features")
+            raise ValueError(
+                f"open_clip {name!r}: its text tower has no causal mask, so padding would leak into token features"
+            )
         self.model = model.to(device).eval()
         self.tokenizer = open_clip.get_tokenizer(name)
         self.context = int(model.positional_embedding.shape[0])
@@ -146,8 +165,10 @@ class OpenClipTokenEncoder:
         if not 1 <= max_tokens <= limit:
             raise ValueError(f"max_tokens must be in 1..{limit} for open_clip {name!r}, got {max_tokens}")
         if model.token_embedding.num_embeddings <= max(self.tokenizer.sot_token_id, self.tokenizer.eot_token_id):
-            raise ValueError(f"open_clip {name!r}: its vocabulary ({model.token_embedding.num_embeddings}) does not "
-                             "cover the BPE tokenizer's")
+            raise ValueError(
+                f"open_clip {name!r}: its vocabulary ({model.token_embedding.num_embeddings}) does not "
+                "cover the BPE tokenizer's"
+            )
         self.max_tokens, self.batch_size, self.device = max_tokens, batch_size, torch.device(device)
         self.dim = int(model.ln_final.normalized_shape[0])
         self.id = f"open_clip:{name}:{weights}"
@@ -157,12 +178,13 @@ class OpenClipTokenEncoder:
         """(BPE pieces, features ``[T_i, dim]`` fp16) per text, in windows of ``max_tokens``."""
         tok = self.tokenizer
         ids = [tok.encode(text) for text in texts]
-        windows = [(i, row[w:w + self.max_tokens]) for i, row in enumerate(ids)
-                   for w in range(0, len(row), self.max_tokens)]
+        windows = [
+            (i, row[w : w + self.max_tokens]) for i, row in enumerate(ids) for w in range(0, len(row), self.max_tokens)
+        ]
         parts: list[list[torch.Tensor]] = [[] for _ in texts]
         m = self.model
         for b in range(0, len(windows), self.batch_size):
-            batch = windows[b:b + self.batch_size]
+            batch = windows[b : b + self.batch_size]
             tokens = torch.zeros(len(batch), self.context, dtype=torch.long)
             for row, (_, piece_ids) in enumerate(batch):
                 tokens[row, : len(piece_ids) + 2] = torch.tensor([tok.sot_token_id, *piece_ids, tok.eot_token_id])

@@ -22,7 +22,16 @@ from .hierarchies import TokenHierarchy, flat_hierarchy, grid_hierarchy, text_hi
 from .sites import AttentionSite, find_attention_sites
 
 __all__ = [
-    "AttentionFlops", "AttentionSite", "HSAInjection", "HierarchySource", "TokenHierarchy", "attention_flops",
-    "find_attention_sites", "flat_hierarchy", "grid_hierarchy", "hsa_attention", "text_hierarchy",
+    "AttentionFlops",
+    "AttentionSite",
+    "HSAInjection",
+    "HierarchySource",
+    "TokenHierarchy",
+    "attention_flops",
+    "find_attention_sites",
+    "flat_hierarchy",
+    "grid_hierarchy",
+    "hsa_attention",
+    "text_hierarchy",
     "window_hierarchy",
 ]

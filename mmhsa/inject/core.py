@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence, Union
 
 import torch
 from torch import nn
@@ -17,9 +17,7 @@ __all__ = ["HSAInjection", "HierarchySource", "hsa_attention"]
 
 #: Where a replaced layer gets each sample's hierarchy: a function of the sample's token count (called
 #: once per distinct count, then cached), or one hierarchy per sample of the next batch.
-HierarchySource = Union[
-    Callable[[int], Union[Hierarchy, TokenHierarchy]], Sequence[Union[Hierarchy, TokenHierarchy]]
-]
+HierarchySource = Callable[[int], Hierarchy | TokenHierarchy] | Sequence[Hierarchy | TokenHierarchy]
 
 
 @dataclass
@@ -51,12 +49,12 @@ class HSAInjection:
             text structures).
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[int], hierarchy: HierarchySource, *,
-                 backend: str = "auto"):
+    def __init__(self, model: nn.Module, layers: Sequence[int], hierarchy: HierarchySource, *, backend: str = "auto"):
         sites = find_attention_sites(model)
         if not sites:
-            raise TypeError(f"{type(model).__name__}: no supported self-attention modules found (supported: "
-                            f"{SUPPORTED})")
+            raise TypeError(
+                f"{type(model).__name__}: no supported self-attention modules found (supported: {SUPPORTED})"
+            )
         self.layers = _resolve_layers(layers, len(sites))
         self.names = [sites[i].name for i in self.layers]
         self.backend = backend
@@ -76,8 +74,10 @@ class HSAInjection:
     @hierarchy.setter
     def hierarchy(self, source: HierarchySource) -> None:
         if not callable(source) and not isinstance(source, Sequence):
-            raise TypeError(f"hierarchy must be a function of the token count or a sequence of hierarchies, "
-                            f"got {type(source).__name__}")
+            raise TypeError(
+                f"hierarchy must be a function of the token count or a sequence of hierarchies, "
+                f"got {type(source).__name__}"
+            )
         self._source = source
         self._by_count: dict[int, TokenHierarchy] = {}
         self._forest: _Forest | None = None
@@ -91,7 +91,7 @@ class HSAInjection:
         while self._restores:
             self._restores.pop()()
 
-    def __enter__(self) -> "HSAInjection":
+    def __enter__(self) -> HSAInjection:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -107,8 +107,15 @@ class HSAInjection:
 
         return attend
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor | None,
-                scale: float, where: str) -> torch.Tensor:
+    def _attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        key_valid: torch.Tensor | None,
+        scale: float,
+        where: str,
+    ) -> torch.Tensor:
         """q, k: [B, H, L, D], v: [B, H, L, Dv], key_valid: [B, L] bool or None -> [B, L, H, Dv]."""
         batch, heads, length, _ = q.shape
         forest = self._forest_for(key_valid, batch, length, where, q.device)
@@ -116,8 +123,9 @@ class HSAInjection:
         def leaves(x: torch.Tensor) -> torch.Tensor:  # [B, H, L, C] -> [N, H, C] in the forest's leaf order
             return x.transpose(1, 2).reshape(batch * length, heads, x.shape[-1])[forest.index]
 
-        out = hsa(leaves(q), leaves(k), leaves(v), forest.hierarchy, include_self=True, scale=scale,
-                  backend=self.backend)
+        out = hsa(
+            leaves(q), leaves(k), leaves(v), forest.hierarchy, include_self=True, scale=scale, backend=self.backend
+        )
         full = out.new_zeros(batch * length, heads, v.shape[-1]).index_copy_(0, forest.index, out)
         return full.view(batch, length, heads, v.shape[-1])
 
@@ -125,10 +133,14 @@ class HSAInjection:
         """The batch's forest, reused across the replaced layers of one forward (same mask, same source)."""
         cached = self._forest
         source = (self._source,) if callable(self._source) else tuple(self._source)
-        if (cached is not None and cached.shape == (batch, length) and len(cached.source) == len(source)
-                and all(a is b for a, b in zip(cached.source, source))
-                and (cached.valid is None) == (key_valid is None)
-                and (key_valid is None or torch.equal(cached.valid, key_valid))):
+        if (
+            cached is not None
+            and cached.shape == (batch, length)
+            and len(cached.source) == len(source)
+            and all(a is b for a, b in zip(cached.source, source))
+            and (cached.valid is None) == (key_valid is None)
+            and (key_valid is None or torch.equal(cached.valid, key_valid))
+        ):
             return cached
         if key_valid is None:
             positions = [torch.arange(length)] * batch
@@ -141,12 +153,19 @@ class HSAInjection:
             tree = self._tree(b, len(pos))
             if tree.num_leaves != len(pos):
                 padded = " real (unpadded)" if key_valid is not None else ""
-                raise ValueError(f"{where}, sample {b}: the hierarchy has {tree.num_leaves} leaves but the sequence "
-                                 f"has {len(pos)}{padded} tokens")
+                raise ValueError(
+                    f"{where}, sample {b}: the hierarchy has {tree.num_leaves} leaves but the sequence "
+                    f"has {len(pos)}{padded} tokens"
+                )
             trees.append(tree.hierarchy)
             index.append(b * length + (pos if tree.order is None else pos[tree.order]))
-        forest = _Forest(source, None if key_valid is None else key_valid.clone(), (batch, length),
-                         Hierarchy.batch(trees).to(device), torch.cat(index).to(device))
+        forest = _Forest(
+            source,
+            None if key_valid is None else key_valid.clone(),
+            (batch, length),
+            Hierarchy.batch(trees).to(device),
+            torch.cat(index).to(device),
+        )
         self._forest = forest
         return forest
 
@@ -158,8 +177,9 @@ class HSAInjection:
         return self._by_count[count]
 
 
-def hsa_attention(model: nn.Module, layers: Sequence[int], hierarchy: HierarchySource, *,
-                  backend: str = "auto") -> HSAInjection:
+def hsa_attention(
+    model: nn.Module, layers: Sequence[int], hierarchy: HierarchySource, *, backend: str = "auto"
+) -> HSAInjection:
     """Replace the softmax attention of ``layers`` of ``model`` with HSA; a context manager too.
 
         with hsa_attention(model, layers=[-2, -1], hierarchy=window_hierarchy):
@@ -191,8 +211,10 @@ def _resolve_layers(layers: Sequence[int], count: int) -> list[int]:
     resolved = []
     for layer in layers:
         if not -count <= int(layer) < count:
-            raise ValueError(f"layers: index {layer} is out of range for a model with {count} attention layers "
-                             f"(valid: {-count}..{count - 1})")
+            raise ValueError(
+                f"layers: index {layer} is out of range for a model with {count} attention layers "
+                f"(valid: {-count}..{count - 1})"
+            )
         resolved.append(int(layer) % count)
     if len(set(resolved)) != len(resolved):
         raise ValueError(f"layers: {list(layers)} names a layer twice")

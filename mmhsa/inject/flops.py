@@ -25,8 +25,9 @@ class AttentionFlops:
         return 1.0 - self.hsa / self.softmax
 
 
-def attention_flops(tree: Hierarchy | TokenHierarchy, heads: int, head_dim: int,
-                    value_dim: int | None = None) -> AttentionFlops:
+def attention_flops(
+    tree: Hierarchy | TokenHierarchy, heads: int, head_dim: int, value_dim: int | None = None
+) -> AttentionFlops:
     """Attention FLOPs of a layer for a hierarchy, HSA (include_self) versus flat softmax attention.
 
     Counted: the multiply-adds of the attention itself (x2 for FLOPs), per head, with d = ``head_dim``,
@@ -55,7 +56,7 @@ def attention_flops(tree: Hierarchy | TokenHierarchy, heads: int, head_dim: int,
     d = head_dim
     dv = head_dim if value_dim is None else value_dim
     leaves_per_tree = (h.tree_leaf_ptr[1:] - h.tree_leaf_ptr[:-1]).to(torch.int64)
-    softmax = int((leaves_per_tree ** 2).sum()) * (d + dv)
+    softmax = int((leaves_per_tree**2).sum()) * (d + dv)
     edges = h.num_nodes - h.num_trees
     families = int((h.plan.family_size.to(torch.int64) ** 2).sum()) * (d + dv)
     hsa = families + edges * (2 * d + dv) + edges * dv + h.num_leaves * (d + dv)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -46,7 +46,7 @@ class TokenHierarchy:
         return self.hierarchy.num_leaves
 
     @classmethod
-    def of(cls, tree: "Hierarchy | TokenHierarchy") -> "TokenHierarchy":
+    def of(cls, tree: Hierarchy | TokenHierarchy) -> TokenHierarchy:
         return tree if isinstance(tree, TokenHierarchy) else cls(tree)
 
 
@@ -55,8 +55,9 @@ def flat_hierarchy(num_tokens: int) -> Hierarchy:
     return Hierarchy.windows(num_tokens, ())
 
 
-def window_hierarchy(num_tokens: int, branching: Sequence[int] = (2, 4, 8, 16), *, prefix: int = 1,
-                     suffix: int = 1) -> Hierarchy:
+def window_hierarchy(
+    num_tokens: int, branching: Sequence[int] = (2, 4, 8, 16), *, prefix: int = 1, suffix: int = 1
+) -> Hierarchy:
     """Hopping windows over the body, special tokens as root children.
 
     Args:
@@ -76,8 +77,9 @@ def window_hierarchy(num_tokens: int, branching: Sequence[int] = (2, 4, 8, 16), 
     return _splice(list(range(prefix)) + top + list(range(prefix + body, num_tokens)))
 
 
-def text_hierarchy(text: str, offsets: Sequence[Sequence[int]] | torch.Tensor,
-                   sections: Sequence[Sequence[str]]) -> Hierarchy:
+def text_hierarchy(
+    text: str, offsets: Sequence[Sequence[int]] | torch.Tensor, sections: Sequence[Sequence[str]]
+) -> Hierarchy:
     """Sections -> sentences -> word pieces of one tokenised text; special tokens as root children.
 
     Word pieces are mapped to sentences through their character offsets: a piece belongs to the last
@@ -104,8 +106,10 @@ def text_hierarchy(text: str, offsets: Sequence[Sequence[int]] | torch.Tensor,
                 continue
             found = re.compile(r"\s+".join(map(re.escape, words))).search(text, cursor)
             if found is None:
-                raise ValueError(f"text_hierarchy: sentence {len(starts)} ({sentence[:40]!r}) not found in the text "
-                                 f"after character {cursor}")
+                raise ValueError(
+                    f"text_hierarchy: sentence {len(starts)} ({sentence[:40]!r}) not found in the text "
+                    f"after character {cursor}"
+                )
             starts.append(found.start())
             section_of.append(si)
             cursor = found.end()
@@ -139,8 +143,9 @@ def text_hierarchy(text: str, offsets: Sequence[Sequence[int]] | torch.Tensor,
     return _splice(root)
 
 
-def grid_hierarchy(grid: tuple[int, int], windows: Sequence[tuple[int, int]] = ((2, 2), (2, 2), (2, 2)), *,
-                   prefix: int = 1) -> TokenHierarchy:
+def grid_hierarchy(
+    grid: tuple[int, int], windows: Sequence[tuple[int, int]] = ((2, 2), (2, 2), (2, 2)), *, prefix: int = 1
+) -> TokenHierarchy:
     """2-D hopping windows over a ViT's patch grid, prefix (class/register) tokens as root children.
 
     Tokens are ``prefix`` tokens then the ``rows x cols`` patches row-major (timm, open_clip). Level by
@@ -159,8 +164,13 @@ def grid_hierarchy(grid: tuple[int, int], windows: Sequence[tuple[int, int]] = (
     for a, b in windows:
         if len(nodes) * len(nodes[0]) == 1:
             break
-        nodes = [[[nodes[i][j] for i in range(r, min(r + a, len(nodes))) for j in range(c, min(c + b, len(nodes[0])))]
-                  for c in range(0, len(nodes[0]), b)] for r in range(0, len(nodes), a)]
+        nodes = [
+            [
+                [nodes[i][j] for i in range(r, min(r + a, len(nodes))) for j in range(c, min(c + b, len(nodes[0])))]
+                for c in range(0, len(nodes[0]), b)
+            ]
+            for r in range(0, len(nodes), a)
+        ]
     top = [node for row in nodes for node in row]
     if len(top) == 1 and isinstance(top[0], list):
         top = top[0]

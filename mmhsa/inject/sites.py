@@ -32,8 +32,8 @@ from __future__ import annotations
 import copy
 import sys
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,13 +46,15 @@ Restore = Callable[[], None]
 
 #: The name HSA is registered under in transformers' AttentionInterface.
 HF_ATTENTION_NAME = "mmhsa_hsa"
-SUPPORTED = ("Hugging Face BERT-family encoder self-attention (transformers 5.x), timm Attention, "
-             "nn.MultiheadAttention inside open_clip ResidualAttentionBlock")
+SUPPORTED = (
+    "Hugging Face BERT-family encoder self-attention (transformers 5.x), timm Attention, "
+    "nn.MultiheadAttention inside open_clip ResidualAttentionBlock"
+)
 
 # Replaced HF modules -> their attend function (weak: a dropped model leaves nothing behind).
-_HF_ROUTES: "weakref.WeakKeyDictionary[nn.Module, Attend]" = weakref.WeakKeyDictionary()
+_HF_ROUTES: weakref.WeakKeyDictionary[nn.Module, Attend] = weakref.WeakKeyDictionary()
 # Every module currently diverted, whatever the framework (a second injection must not stack).
-_DIVERTED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+_DIVERTED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,12 @@ def _is_hf_self_attention(module: nn.Module) -> bool:
 
 def _is_clip_block(module: nn.Module) -> bool:
     open_clip_transformer = sys.modules.get("open_clip.transformer")
-    return (open_clip_transformer is not None and type(module) is open_clip_transformer.ResidualAttentionBlock
-            and isinstance(module.attn, nn.MultiheadAttention) and not hasattr(module, "ln_1_kv"))
+    return (
+        open_clip_transformer is not None
+        and type(module) is open_clip_transformer.ResidualAttentionBlock
+        and isinstance(module.attn, nn.MultiheadAttention)
+        and not hasattr(module, "ln_1_kv")
+    )
 
 
 # ------------------------------------------------------------------ masks
@@ -132,14 +138,18 @@ def key_padding_from_mask(mask, batch: int, length: int, where: str) -> torch.Te
     if mask is None:
         return None
     if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"{where}: attention mask of type {type(mask).__name__} is not supported "
-                        "(use attn_implementation 'sdpa' or 'eager')")
+        raise TypeError(
+            f"{where}: attention mask of type {type(mask).__name__} is not supported "
+            "(use attn_implementation 'sdpa' or 'eager')"
+        )
     if mask.dim() == 2:
         valid = mask.bool()
         return None if bool(valid.all()) else valid
     if mask.dim() != 4 or mask.shape[0] != batch or mask.shape[-1] != length:
-        raise ValueError(f"{where}: attention mask of shape {list(mask.shape)} is not a padding mask for "
-                         f"{batch} sequences of {length} tokens")
+        raise ValueError(
+            f"{where}: attention mask of shape {list(mask.shape)} is not a padding mask for "
+            f"{batch} sequences of {length} tokens"
+        )
     if mask.dtype == torch.bool:
         allowed = mask
     else:
@@ -152,8 +162,10 @@ def key_padding_from_mask(mask, batch: int, length: int, where: str) -> torch.Te
     valid = rows.any(1)
     # Real queries must see exactly the real keys (padded queries' rows do not matter).
     if bool(((rows != valid[:, None, :]) & valid[:, :, None]).any()):
-        raise ValueError(f"{where}: the attention mask is not a padding mask (causal or custom masks are not "
-                         "supported by HSA, which is bidirectional)")
+        raise ValueError(
+            f"{where}: the attention mask is not a padding mask (causal or custom masks are not "
+            "supported by HSA, which is bidirectional)"
+        )
     return None if bool(valid.all()) else valid
 
 
@@ -173,8 +185,9 @@ def _install_hf(site: AttentionSite, attend: Attend) -> Restore:
 
     module = site.module
     if getattr(module, "is_causal", False) or getattr(module.config, "is_decoder", False):
-        raise TypeError(f"{site.name}: causal (decoder) self-attention cannot be replaced by HSA, which is "
-                        "bidirectional")
+        raise TypeError(
+            f"{site.name}: causal (decoder) self-attention cannot be replaced by HSA, which is bidirectional"
+        )
     if HF_ATTENTION_NAME not in AttentionInterface._global_mapping:
         AttentionInterface.register(HF_ATTENTION_NAME, _hf_attention)
     shared = module.config
@@ -210,14 +223,18 @@ def _install_timm(site: AttentionSite, attend: Attend) -> Restore:
     m = site.module
     needed = ("qkv", "q_norm", "k_norm", "norm", "proj", "proj_drop", "num_heads", "head_dim", "scale")
     if not all(hasattr(m, a) for a in needed):
-        raise TypeError(f"{site.name}: this timm Attention lacks {[a for a in needed if not hasattr(m, a)]} "
-                        "(unsupported timm version)")
+        raise TypeError(
+            f"{site.name}: this timm Attention lacks {[a for a in needed if not hasattr(m, a)]} "
+            "(unsupported timm version)"
+        )
 
     def forward(x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         """x: [B, L, C] -> [B, L, C_out], timm's Attention with HSA in place of softmax attention."""
         if attn_mask is not None or is_causal:
-            raise ValueError(f"{site.name}: HSA replaces unmasked bidirectional attention; got "
-                             f"{'is_causal' if is_causal else 'attn_mask'}")
+            raise ValueError(
+                f"{site.name}: HSA replaces unmasked bidirectional attention; got "
+                f"{'is_causal' if is_causal else 'attn_mask'}"
+            )
         b, n, _ = x.shape
         gate = m.gate(x).sigmoid() if getattr(m, "gate", None) is not None else None
         q, k, v = m.qkv(x).reshape(b, n, 3, m.num_heads, m.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
@@ -233,20 +250,33 @@ def _install_timm(site: AttentionSite, attend: Attend) -> Restore:
 def _install_open_clip(site: AttentionSite, attend: Attend) -> Restore:
     m: nn.MultiheadAttention = site.module
     if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
-        raise TypeError(f"{site.name}: nn.MultiheadAttention with separate q/k/v dims, bias_k/bias_v or "
-                        "add_zero_attn is not supported")
+        raise TypeError(
+            f"{site.name}: nn.MultiheadAttention with separate q/k/v dims, bias_k/bias_v or "
+            "add_zero_attn is not supported"
+        )
     heads = m.num_heads
     head_dim = m.embed_dim // heads
 
-    def forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
-                average_attn_weights=True, is_causal=False):
+    def forward(
+        query,
+        key,
+        value,
+        key_padding_mask=None,
+        need_weights=True,
+        attn_mask=None,
+        average_attn_weights=True,
+        is_causal=False,
+    ):
         """query: [B, L, E] (batch_first) or [L, B, E] -> (same shape, None), HSA self-attention."""
         if key is not query or value is not query:
-            raise ValueError(f"{site.name}: HSA replaces self-attention only (query, key and value must be "
-                             "the same tensor)")
+            raise ValueError(
+                f"{site.name}: HSA replaces self-attention only (query, key and value must be the same tensor)"
+            )
         if attn_mask is not None or is_causal:
-            raise ValueError(f"{site.name}: HSA replaces unmasked bidirectional attention; got "
-                             f"{'is_causal' if is_causal else 'attn_mask'} (a causal text tower?)")
+            raise ValueError(
+                f"{site.name}: HSA replaces unmasked bidirectional attention; got "
+                f"{'is_causal' if is_causal else 'attn_mask'} (a causal text tower?)"
+            )
         x = query if m.batch_first else query.transpose(0, 1)
         b, n, e = x.shape
         qkv = F.linear(x, m.in_proj_weight, m.in_proj_bias).view(b, n, 3, heads, head_dim)
@@ -255,7 +285,7 @@ def _install_open_clip(site: AttentionSite, attend: Attend) -> Restore:
         if key_padding_mask is not None:  # True (bool) or -inf (float) marks padding
             pad = key_padding_mask if key_padding_mask.dtype == torch.bool else key_padding_mask < 0
             valid = None if not bool(pad.any()) else ~pad
-        out = m.out_proj(attend(q, k, v, valid, head_dim ** -0.5).reshape(b, n, e))
+        out = m.out_proj(attend(q, k, v, valid, head_dim**-0.5).reshape(b, n, e))
         return (out if m.batch_first else out.transpose(0, 1)), None
 
     return _override_forward(m, forward)

@@ -35,8 +35,18 @@ class HSAAttention(nn.Module):
             "mean" (attention-free: every leaf gets the mean value of its tree, a DeepSet).
     """
 
-    def __init__(self, dim: int, heads: int, modalities: int = 1, qk_norm: bool = True, pos_dim: int = 8,
-                 keys=(), include_self: bool = False, backend: str = "auto", mixer: str = "hsa"):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        modalities: int = 1,
+        qk_norm: bool = True,
+        pos_dim: int = 8,
+        keys=(),
+        include_self: bool = False,
+        backend: str = "auto",
+        mixer: str = "hsa",
+    ):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
@@ -73,11 +83,13 @@ class HSAAttention(nn.Module):
         if self.mixer == "hsa":
             pos = None if self.position is None else self.position(hierarchy)
             return hsa_matrix(q, k, hierarchy, pos=pos, include_self=self.include_self)
-        tree = torch.repeat_interleave(torch.arange(hierarchy.num_trees, device=x.device),
-                                       hierarchy.tree_leaf_ptr[1:] - hierarchy.tree_leaf_ptr[:-1])
+        tree = torch.repeat_interleave(
+            torch.arange(hierarchy.num_trees, device=x.device),
+            hierarchy.tree_leaf_ptr[1:] - hierarchy.tree_leaf_ptr[:-1],
+        )
         same_tree = tree[:, None] == tree[None, :]
         if self.mixer == "flat":
-            logits = torch.einsum("ihd,jhd->hij", q, k) / self.head_dim ** 0.5
+            logits = torch.einsum("ihd,jhd->hij", q, k) / self.head_dim**0.5
             return logits.masked_fill(~same_tree, float("-inf")).softmax(-1)
         return (same_tree / same_tree.sum(1, keepdim=True)).expand(self.heads, -1, -1)
 

@@ -73,9 +73,19 @@ class HierarchicalEncoder(nn.Module):
             qk_norm, backend).
     """
 
-    def __init__(self, input_dims: dict[str, int], dim: int = 256, depth: int = 4, heads: int = 4,
-                 mlp_ratio: float = 4.0, dropout: float = 0.0, path_positions: bool = True,
-                 content_position: bool = False, difference_modalities: tuple[str, ...] = (), **attention):
+    def __init__(
+        self,
+        input_dims: dict[str, int],
+        dim: int = 256,
+        depth: int = 4,
+        heads: int = 4,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        path_positions: bool = True,
+        content_position: bool = False,
+        difference_modalities: tuple[str, ...] = (),
+        **attention,
+    ):
         super().__init__()
         unknown = sorted(set(difference_modalities) - set(input_dims))
         if unknown:
@@ -83,8 +93,11 @@ class HierarchicalEncoder(nn.Module):
         self.differences = nn.ModuleDict({m: nn.Linear(input_dims[m], dim) for m in difference_modalities})
         self.modalities = list(input_dims)
         self.path = PathEmbedding(dim, attention.get("keys", ())) if path_positions else None
-        self.where = (nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
-                      if path_positions and content_position else None)
+        self.where = (
+            nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+            if path_positions and content_position
+            else None
+        )
         self.adapters = nn.ModuleDict({m: nn.Linear(c, dim) for m, c in input_dims.items()})
         self.blocks = nn.ModuleList(
             HTEBlock(dim, heads, mlp_ratio, dropout, modalities=len(input_dims), **attention) for _ in range(depth)
@@ -92,7 +105,9 @@ class HierarchicalEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.dim = dim
 
-    def forward(self, features: dict[str, torch.Tensor], leaf_modality: torch.Tensor, hierarchy: Hierarchy) -> torch.Tensor:
+    def forward(
+        self, features: dict[str, torch.Tensor], leaf_modality: torch.Tensor, hierarchy: Hierarchy
+    ) -> torch.Tensor:
         """features[m]: [N_m, C_m] rows of modality m's leaves in leaf order; leaf_modality: [N] -> [N, dim]."""
         x = None
         for m, name in enumerate(self.modalities):

@@ -10,7 +10,7 @@ get ``e = 0``. Only siblings are ever compared, so coordinates need only be mean
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -46,9 +46,18 @@ class PositionEncoder(nn.Module):
         init_std: the maps' initial weights' standard deviation (None: PyTorch's default for linear layers).
     """
 
-    def __init__(self, heads: int, dim: int, keys: Sequence[str] = (), features: int = 16,
-                 max_index: float = 1000.0, max_seconds: float = 3600.0, min_seconds: float = 1.0,
-                 relative_time: bool = False, init_std: float | None = 0.02):
+    def __init__(
+        self,
+        heads: int,
+        dim: int,
+        keys: Sequence[str] = (),
+        features: int = 16,
+        max_index: float = 1000.0,
+        max_seconds: float = 3600.0,
+        min_seconds: float = 1.0,
+        relative_time: bool = False,
+        init_std: float | None = 0.02,
+    ):
         super().__init__()
         self.heads, self.dim, self.features = heads, dim, features
         self.max_index, self.max_seconds, self.min_seconds = max_index, max_seconds, min_seconds
@@ -67,8 +76,9 @@ class PositionEncoder(nn.Module):
     def forward(self, hierarchy: Hierarchy) -> torch.Tensor:
         """pos: [M, H, C] (zeros for unordered sets and roots)."""
         domain, coord = hierarchy.domain, hierarchy.coord
-        out = torch.zeros(hierarchy.num_nodes, self.heads * self.dim, device=coord.device,
-                          dtype=self.index.weight.dtype)
+        out = torch.zeros(
+            hierarchy.num_nodes, self.heads * self.dim, device=coord.device, dtype=self.index.weight.dtype
+        )
         for name in ("index", "grid", "time", "key"):
             nodes = torch.nonzero(domain == DOMAINS.index(name)).flatten()
             if len(nodes) == 0:
@@ -79,8 +89,13 @@ class PositionEncoder(nn.Module):
             if name == "index":
                 value = self.index(sinusoid(c[:, 0], self.features, self.max_index))
             elif name == "grid":
-                feats = torch.cat([sinusoid(c[:, 0], self.features, self.max_index),
-                                   sinusoid(c[:, 1], self.features, self.max_index)], -1)
+                feats = torch.cat(
+                    [
+                        sinusoid(c[:, 0], self.features, self.max_index),
+                        sinusoid(c[:, 1], self.features, self.max_index),
+                    ],
+                    -1,
+                )
                 value = self.grid(feats)
             elif name == "time":
                 value = self.time(sinusoid(c[:, 0], self.features, self.max_seconds, self.min_seconds))
@@ -117,8 +132,9 @@ class PathEmbedding(nn.Module):
     to the leaf inputs, this lets values say *where* a feature is (which frame, which cell), which
     motion and order need. The baselines (flat attention, mean pooling) get the same inputs.
 
-    Defaults chosen so that motion is learnable (measured: a clip-level direction read-out stayed at
-    chance with video-absolute times, 1 s shortest period and 0.02 initial weights): time is counted from
+    Defaults chosen so that motion is learnable (with video-absolute times, a 1 s shortest period and 0.02
+    initial weights a clip-level direction read-out stayed at chance; docs/benchmarks.md, the motion
+    probe): time is counted from
     the first sibling (a frame's place in its clip, whatever the clip's start), periods reach down to
     0.1 s (frames are ~0.1-1 s apart), and the maps start at the usual scale of a linear layer, so the
     positions are as loud as the content from the first step.

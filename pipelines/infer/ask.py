@@ -20,10 +20,8 @@ import torch
 
 from data_prep.assemble import ClipLeaves, assemble
 from data_prep.datasets import QAItem, read_nextqa
-from data_prep.featurize import VIDEO_ERRORS
-from data_prep.text import split_sentences
-
 from data_prep.schema import MAX_ANSWERS
+from data_prep.text import split_sentences
 from pipelines.train.batches import collate
 from pipelines.train.metrics import qa_accuracy
 
@@ -61,8 +59,10 @@ class Asker:
             raise ValueError(f"{sample_id}: empty question")
         if self.vocabulary is not None:
             if choices:
-                raise ValueError(f"{sample_id}: this model is open-ended (answers from its vocabulary of "
-                                 f"{len(self.vocabulary)}); ask without choices")
+                raise ValueError(
+                    f"{sample_id}: this model is open-ended (answers from its vocabulary of "
+                    f"{len(self.vocabulary)}); ask without choices"
+                )
         elif not 2 <= len(choices) <= MAX_CHOICES:
             raise ValueError(f"{sample_id}: give 2 to {MAX_CHOICES} choices, got {len(choices)}")
         empty = [i for i, c in enumerate(choices) if not c.strip()]
@@ -88,11 +88,16 @@ class Asker:
         if self.vocabulary is not None:
             best = probabilities.topk(min(5, len(self.vocabulary)))
             choices, probabilities = [self.vocabulary[int(i)] for i in best.indices], best.values
-        probabilities = probabilities[:len(choices)]
+        probabilities = probabilities[: len(choices)]
         best = int(probabilities.argmax())
-        return {"video": str(video), "question": question, "choices": choices,
-                "probabilities": [round(p, 4) for p in probabilities.tolist()], "answer": best,
-                "answer_text": choices[best]}
+        return {
+            "video": str(video),
+            "question": question,
+            "choices": choices,
+            "probabilities": [round(p, 4) for p in probabilities.tolist()],
+            "answer": best,
+            "answer_text": choices[best],
+        }
 
     def ask_many(self, items: list[QAItem], batch_size: int = 16) -> tuple[list[dict], list[dict]]:
         """Answer labelled questions (NExT-QA rows), each video featurized once.
@@ -101,8 +106,10 @@ class Asker:
             predictions (id, video, type, answer, predicted, probabilities) and failures (id, video, error).
         """
         if self.vocabulary is not None:
-            raise ValueError("labelled questions (NExT-QA CSV) are multiple choice: use a multiple-choice model, "
-                             "not an open-ended one")
+            raise ValueError(
+                "labelled questions (NExT-QA CSV) are multiple choice: use a multiple-choice model, "
+                "not an open-ended one"
+            )
         by_video: dict[Path, list[QAItem]] = defaultdict(list)
         for item in items:
             by_video[item.video].append(item)
@@ -115,7 +122,7 @@ class Asker:
                 continue
             for at in range(0, len(questions), batch_size):
                 chunk, samples = [], []
-                for q in questions[at:at + batch_size]:
+                for q in questions[at : at + batch_size]:
                     try:
                         samples.append(self.sample(clips, q.question, q.candidates, q.id))
                         chunk.append(q)
@@ -124,9 +131,17 @@ class Asker:
                 if not samples:
                     continue
                 for q, p in zip(chunk, self.scores(samples)):
-                    p = p[:len(q.candidates)]
-                    predictions.append({"id": q.id, "video": str(video), "type": q.type, "answer": q.answer,
-                                        "predicted": int(p.argmax()), "probabilities": [round(x, 4) for x in p.tolist()]})
+                    p = p[: len(q.candidates)]
+                    predictions.append(
+                        {
+                            "id": q.id,
+                            "video": str(video),
+                            "type": q.type,
+                            "answer": q.answer,
+                            "predicted": int(p.argmax()),
+                            "probabilities": [round(x, 4) for x in p.tolist()],
+                        }
+                    )
         return predictions, failures
 
 
@@ -139,7 +154,7 @@ def answer_csv(asker: Asker, csv_path: str, video_dir: str, out: str | None) -> 
     if predictions:
         scores = torch.full((len(predictions), MAX_CHOICES), float("-inf"))
         for row, p in enumerate(predictions):
-            scores[row, :len(p["probabilities"])] = torch.tensor(p["probabilities"])
+            scores[row, : len(p["probabilities"])] = torch.tensor(p["probabilities"])
         answers = torch.tensor([p["answer"] for p in predictions])
         report["accuracy"] = qa_accuracy(scores, answers, [p["type"] for p in predictions])
     if out:

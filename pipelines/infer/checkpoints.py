@@ -59,14 +59,15 @@ def file_version(path: Path, class_name: str) -> str:
     return f"{class_name}:{file_sha256(path)[:16]}"
 
 
-def load_model(checkpoint: str | Path | None, task: str, *, prepared: str | Path | None = None,
-               device: str | torch.device = "cpu") -> TrainedModel:
+def load_model(
+    checkpoint: str | Path | None, task: str, *, prepared: str | Path | None = None, device: str | torch.device = "cpu"
+) -> TrainedModel:
     """Load a trained task module for inference.
 
     Args:
         checkpoint: a Lightning checkpoint of that task; None: ``DEFAULT_CHECKPOINTS[task]`` (``make train``).
-        task: "retrieval" (:class:`~pipelines.train.retrieval.RetrievalModule`), "qa" (:class:`~pipelines.train.qa.QAModule`)
-            or "rerank" (:class:`~pipelines.train.rerank.RerankModule`).
+        task: "retrieval" (:class:`~pipelines.train.retrieval.RetrievalModule`), "qa"
+            (:class:`~pipelines.train.qa.QAModule`) or "rerank" (:class:`~pipelines.train.rerank.RerankModule`).
         prepared: where the featurization comes from when the checkpoint does not carry it (or to override
             it): a prepared task directory or a data recipe YAML.
 
@@ -79,8 +80,10 @@ def load_model(checkpoint: str | Path | None, task: str, *, prepared: str | Path
     if checkpoint is None:
         checkpoint = DEFAULT_CHECKPOINTS[task]
         if not checkpoint.is_file():
-            raise FileNotFoundError(f"no checkpoint given and the default {checkpoint} does not exist: run `make train` "
-                                    f"(or pass --ckpt PATH to a trained {task} checkpoint)")
+            raise FileNotFoundError(
+                f"no checkpoint given and the default {checkpoint} does not exist: run `make train` "
+                f"(or pass --ckpt PATH to a trained {task} checkpoint)"
+            )
     path = Path(checkpoint)
     cls = TASKS[task]
     # dual_encoder: a re-ranker's training-time helper, not needed to score pairs
@@ -92,8 +95,10 @@ def load_model(checkpoint: str | Path | None, task: str, *, prepared: str | Path
         state = module.checkpoint_state
         carried = next((v["prepared"] for v in state.values() if isinstance(v, dict) and "prepared" in v), None)
         if carried is None:
-            raise ValueError(f"checkpoint {path} does not record how its data was prepared; pass the prepared "
-                             "directory or data recipe it was trained on (--prepared data/prepared/synthetic/"
-                             "retrieval or configs/data/synthetic.yaml)")
+            raise ValueError(
+                f"checkpoint {path} does not record how its data was prepared; pass the prepared "
+                "directory or data recipe it was trained on (--prepared data/prepared/synthetic/"
+                "retrieval or configs/data/synthetic.yaml)"
+            )
         featurization = Featurization.from_config(carried["config"])
     return TrainedModel(module, featurization, path, file_version(path, cls.__name__))

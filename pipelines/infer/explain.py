@@ -21,7 +21,6 @@ import torch
 from data_prep.assemble import assemble
 from data_prep.text import split_sentences
 from data_prep.video import open_video
-
 from pipelines.train.batches import collate
 
 from .checkpoints import TrainedModel, load_model
@@ -54,7 +53,9 @@ def attention_map(model: TrainedModel, video: str | Path, text: str) -> dict:
     v0, v1 = int(h.leaf_start[keys["video"]]), int(h.leaf_end[keys["video"]])
     t0, t1 = int(h.leaf_start[keys["question"]]), int(h.leaf_end[keys["question"]])
     inputs = []
-    hooks = [block.attn.register_forward_pre_hook(lambda _, args: inputs.append(args)) for block in module.encoder.blocks]
+    hooks = [
+        block.attn.register_forward_pre_hook(lambda _, args: inputs.append(args)) for block in module.encoder.blocks
+    ]
     try:
         module.encode(batch)
     finally:
@@ -74,14 +75,21 @@ def attention_map(model: TrainedModel, video: str | Path, text: str) -> dict:
     shares, at = [], 0
     for clip in clips:
         n = len(clip.frame_times) * grid[0] * grid[1]
-        shares.append(share[at:at + n].view(len(clip.frame_times), *grid))
+        shares.append(share[at : at + n].view(len(clip.frame_times), *grid))
         at += n
     if at != len(share):
         raise AssertionError(f"{at} patches mapped of {len(share)}")
-    return {"video": str(video), "text": text, "layers": len(inputs),
-            "clips": [float(s.sum()) for s in shares], "frames": [s.sum((1, 2)).tolist() for s in shares],
-            "patches": [s.tolist() for s in shares], "times": [(c.start, c.end) for c in clips],
-            "frame_times": [c.frame_times for c in clips], "frame_indices": [c.frame_indices for c in clips]}
+    return {
+        "video": str(video),
+        "text": text,
+        "layers": len(inputs),
+        "clips": [float(s.sum()) for s in shares],
+        "frames": [s.sum((1, 2)).tolist() for s in shares],
+        "patches": [s.tolist() for s in shares],
+        "times": [(c.start, c.end) for c in clips],
+        "frame_times": [c.frame_times for c in clips],
+        "frame_indices": [c.frame_indices for c in clips],
+    }
 
 
 def plot_attention(result: dict, out: str | Path, top_frames: int = 3) -> Path:
@@ -108,16 +116,18 @@ def plot_attention(result: dict, out: str | Path, top_frames: int = 3) -> Path:
     ax.bar(range(len(labels)), result["clips"], color="tab:orange")
     ax.set_xticks(range(len(labels)), labels, fontsize=7)
     ax.set_ylabel("share")
-    ax.set_title(f"\"{result['text'][:80]}\": attention per clip (rollout over {result['layers']} layers)",
-                 fontsize=9)
+    ax.set_title(f'"{result["text"][:80]}": attention per clip (rollout over {result["layers"]} layers)', fontsize=9)
     frames = grid[1].subgridspec(rows, columns)
     at = 0
     for c, clip in enumerate(result["frames"]):
         for f, s in enumerate(clip):
             a = fig.add_subplot(frames[c, f])
             a.imshow(pixels[at])
-            a.set_title(f"clip {c} t={result['frame_times'][c][f]:.1f}s {s:.3f}", fontsize=6,
-                        color="red" if at in order else "black")
+            a.set_title(
+                f"clip {c} t={result['frame_times'][c][f]:.1f}s {s:.3f}",
+                fontsize=6,
+                color="red" if at in order else "black",
+            )
             a.axis("off")
             at += 1
     tops = grid[2].subgridspec(1, len(order))

@@ -24,9 +24,9 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -34,7 +34,6 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
 from data_prep.datasets import VIDEO_EXTENSIONS
-from data_prep.featurize import VIDEO_ERRORS
 from data_prep.shards import atomic_write, file_sha256
 
 from .checkpoints import TrainedModel, load_model
@@ -69,8 +68,9 @@ def list_videos(sources: Sequence[str | Path]) -> list[Path]:
         else:
             raise FileNotFoundError(f"{source}: no such video, folder or list")
     if not found:
-        raise ValueError(f"no video files found in {', '.join(map(str, sources))} (extensions: "
-                         f"{', '.join(VIDEO_EXTENSIONS)})")
+        raise ValueError(
+            f"no video files found in {', '.join(map(str, sources))} (extensions: {', '.join(VIDEO_EXTENSIONS)})"
+        )
     return sorted(found)
 
 
@@ -114,7 +114,7 @@ class Index:
         return {v["path"] for v in self.videos}
 
     @classmethod
-    def open(cls, root: str | Path, set_aside: bool = False) -> "Index":
+    def open(cls, root: str | Path, set_aside: bool = False) -> Index:
         """Read every valid shard; ``set_aside`` renames corrupt shards so the next run redoes their videos.
 
         Raises:
@@ -155,7 +155,9 @@ class Index:
                 continue
             data = torch.load(shard, map_location="cpu", weights_only=True)
             if data["video_vectors"].shape[1] != embed_dim:
-                raise IndexMismatch(f"{shard}: embeddings of width {data['video_vectors'].shape[1]}, the index's is {embed_dim}")
+                raise IndexMismatch(
+                    f"{shard}: embeddings of width {data['video_vectors'].shape[1]}, the index's is {embed_dim}"
+                )
             clip_video.append(data["clip_video"] + len(index.videos))
             index.videos += record["videos"]
             vectors.append(data["video_vectors"])
@@ -204,8 +206,15 @@ class IndexModule(pl.LightningModule):
                 failures.append({"path": str(opened.path), "stage": "encode", "error": str(err)})
                 continue
             v = opened.video
-            videos.append({"path": str(opened.path), "duration": round(v.duration, 3), "fps": round(v.fps, 3),
-                           "frames": v.num_frames, "clips": [[round(c.start, 3), round(c.end, 3)] for c in clips]})
+            videos.append(
+                {
+                    "path": str(opened.path),
+                    "duration": round(v.duration, 3),
+                    "fps": round(v.fps, 3),
+                    "frames": v.num_frames,
+                    "clips": [[round(c.start, 3), round(c.end, 3)] for c in clips],
+                }
+            )
             encoded.append(clips)
         embedded = embed_videos(self.model, encoded) if encoded else []
         return {"videos": videos, "failures": failures, "embeddings": embedded}
@@ -219,18 +228,21 @@ class IndexWriter(BasePredictionWriter):
         self.shards = root / "shards"
         self.written = {"videos": 0, "clips": 0, "failures": 0, "shards": 0}
 
-    def write_on_batch_end(self, trainer, pl_module, prediction: dict, batch_indices, batch, batch_idx: int,
-                           dataloader_idx: int = 0) -> None:
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction: dict, batch_indices, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         embedded = prediction["embeddings"]
         embed_dim = pl_module.retrieval.hparams.embed_dim
         clip_rows = [c for _, c in embedded]
         data = {
             "video_vectors": torch.stack([v for v, _ in embedded]) if embedded else torch.zeros(0, embed_dim),
             "clip_vectors": torch.cat(clip_rows) if clip_rows else torch.zeros(0, embed_dim),
-            "clip_video": torch.cat([torch.full((len(c),), i) for i, c in enumerate(clip_rows)]) if clip_rows
+            "clip_video": torch.cat([torch.full((len(c),), i) for i, c in enumerate(clip_rows)])
+            if clip_rows
             else torch.zeros(0, dtype=torch.long),
-            "clip_times": torch.tensor([c for v in prediction["videos"] for c in v["clips"]], dtype=torch.float32)
-            .reshape(-1, 2),
+            "clip_times": torch.tensor(
+                [c for v in prediction["videos"] for c in v["clips"]], dtype=torch.float32
+            ).reshape(-1, 2),
         }
         name = f"{time.strftime('%Y%m%d-%H%M%S')}-r{trainer.global_rank}-{uuid.uuid4().hex[:8]}"
         shard = self.shards / f"{name}.pt"
@@ -238,9 +250,15 @@ class IndexWriter(BasePredictionWriter):
         tmp = shard.with_name(f".{shard.name}.tmp")
         torch.save(data, tmp)
         os.replace(tmp, shard)
-        record = {"shard": shard.name, "sha256": file_sha256(shard), "bytes": shard.stat().st_size,
-                  "rank": trainer.global_rank, "created": time.time(), "videos": prediction["videos"],
-                  "failures": prediction["failures"]}
+        record = {
+            "shard": shard.name,
+            "sha256": file_sha256(shard),
+            "bytes": shard.stat().st_size,
+            "rank": trainer.global_rank,
+            "created": time.time(),
+            "videos": prediction["videos"],
+            "failures": prediction["failures"],
+        }
         atomic_write(shard.with_suffix(".json"), json.dumps(record, indent=1).encode())
         self.written["videos"] += len(prediction["videos"])
         self.written["clips"] += len(data["clip_times"])
@@ -250,16 +268,22 @@ class IndexWriter(BasePredictionWriter):
 
 def _open_or_create(root: Path, model: TrainedModel) -> Index:
     """The existing index (checked against the model), or a new one."""
-    manifest = {"format": FORMAT, "model": {"path": str(model.path.resolve()), "version": model.version},
-                "embed_dim": model.module.hparams.embed_dim, "featurization": model.featurization.to_dict(),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    manifest = {
+        "format": FORMAT,
+        "model": {"path": str(model.path.resolve()), "version": model.version},
+        "embed_dim": model.module.hparams.embed_dim,
+        "featurization": model.featurization.to_dict(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     path = root / "index.json"
     if path.is_file():
         existing = json.loads(path.read_text(encoding="utf-8"))
         old = existing.get("model", {}).get("version")
         if old != model.version:
-            raise IndexMismatch(f"{root} was built with model {old} ({existing.get('model', {}).get('path')}); the "
-                              f"model given is {model.version} ({model.path}): use a new index directory, or that model")
+            raise IndexMismatch(
+                f"{root} was built with model {old} ({existing.get('model', {}).get('path')}); the "
+                f"model given is {model.version} ({model.path}): use a new index directory, or that model"
+            )
     else:
         root.mkdir(parents=True, exist_ok=True)
         if int(os.environ.get("LOCAL_RANK", "0")) == 0:
@@ -267,9 +291,18 @@ def _open_or_create(root: Path, model: TrainedModel) -> Index:
     return Index.open(root, set_aside=True) if path.is_file() else Index(root, manifest)
 
 
-def build_index(sources: Sequence[str | Path], out: str | Path, *, checkpoint: str | None = None,
-                prepared: str | None = None, batch_size: int = 8, accelerator: str = "auto", devices="auto",
-                strategy: str = "auto", progress: bool = True) -> dict:
+def build_index(
+    sources: Sequence[str | Path],
+    out: str | Path,
+    *,
+    checkpoint: str | None = None,
+    prepared: str | None = None,
+    batch_size: int = 8,
+    accelerator: str = "auto",
+    devices="auto",
+    strategy: str = "auto",
+    progress: bool = True,
+) -> dict:
     """Embed the videos of ``sources`` that ``out`` does not hold yet; returns the run's report.
 
     Args:
@@ -288,11 +321,24 @@ def build_index(sources: Sequence[str | Path], out: str | Path, *, checkpoint: s
     done = index.indexed
     todo = [p for p in videos if str(p) not in done]
     writer = IndexWriter(root)
-    report = {"index": str(root), "model": model.version, "videos": len(videos), "already_indexed": len(videos) - len(todo),
-              "corrupt_set_aside": index.corrupt, "incomplete_ignored": len(index.incomplete)}
+    report = {
+        "index": str(root),
+        "model": model.version,
+        "videos": len(videos),
+        "already_indexed": len(videos) - len(todo),
+        "corrupt_set_aside": index.corrupt,
+        "incomplete_ignored": len(index.incomplete),
+    }
     if todo:
-        trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, logger=False,
-                             callbacks=[writer], enable_progress_bar=progress, enable_model_summary=False)
+        trainer = pl.Trainer(
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            logger=False,
+            callbacks=[writer],
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+        )
         loader = DataLoader(_VideoPaths(todo), batch_size=batch_size, collate_fn=list)
         trainer.predict(IndexModule(model), loader, return_predictions=False)
         trainer.strategy.barrier()  # every rank's shards are recorded before rank 0 reads them back
@@ -301,8 +347,13 @@ def build_index(sources: Sequence[str | Path], out: str | Path, *, checkpoint: s
     final = Index.open(root)
     atomic_write(root / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in final.failures).encode())
     seconds = time.perf_counter() - started
-    report.update(written=writer.written, indexed_total=len(final.videos), clips_total=len(final.clip_vectors),
-                  failed=[f["path"] for f in final.failures], seconds=round(seconds, 1),
-                  videos_per_minute=round(writer.written["videos"] * 60 / seconds, 1) if seconds > 0 else None,
-                  stages=model.stages.table())
+    report.update(
+        written=writer.written,
+        indexed_total=len(final.videos),
+        clips_total=len(final.clip_vectors),
+        failed=[f["path"] for f in final.failures],
+        seconds=round(seconds, 1),
+        videos_per_minute=round(writer.written["videos"] * 60 / seconds, 1) if seconds > 0 else None,
+        stages=model.stages.table(),
+    )
     return report

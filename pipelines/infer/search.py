@@ -14,14 +14,16 @@ from pathlib import Path
 
 import torch
 
-from .index import Index, IndexMismatch
 from .checkpoints import TrainedModel, load_model
+from .index import Index, IndexMismatch
 from .trees import text_trees, video_trees
 
 __all__ = ["Searcher", "top_k"]
 
 
-def top_k(queries: torch.Tensor, gallery: torch.Tensor, k: int, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+def top_k(
+    queries: torch.Tensor, gallery: torch.Tensor, k: int, chunk: int = 65536
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k cosine scores of unit ``queries`` [Q, E] against unit ``gallery`` [G, E].
 
     Returns:
@@ -32,7 +34,7 @@ def top_k(queries: torch.Tensor, gallery: torch.Tensor, k: int, chunk: int = 655
     best_scores = queries.new_full((len(queries), 0), float("-inf"))
     best_rows = torch.zeros(len(queries), 0, dtype=torch.long)
     for at in range(0, len(gallery), chunk):
-        scores = queries @ gallery[at:at + chunk].T
+        scores = queries @ gallery[at : at + chunk].T
         top = scores.topk(min(k, scores.shape[1]), dim=1)
         best_scores = torch.cat([best_scores, top.values], 1)
         best_rows = torch.cat([best_rows, top.indices + at], 1)
@@ -56,16 +58,19 @@ class Searcher:
         IndexMismatch: the checkpoint is another model version than the index's (both named).
     """
 
-    def __init__(self, index: str, checkpoint: str | None = None, prepared: str | None = None,
-                 reranker: str | None = None):
+    def __init__(
+        self, index: str, checkpoint: str | None = None, prepared: str | None = None, reranker: str | None = None
+    ):
         self.index = Index.open(index)
         self.reranker: TrainedModel | None = load_model(reranker, "rerank", prepared=prepared) if reranker else None
         recorded = self.index.manifest["model"]
         self.model: TrainedModel = load_model(checkpoint or recorded["path"], "retrieval", prepared=prepared)
         if self.model.version != recorded["version"]:
-            raise IndexMismatch(f"{index} was built with model {recorded['version']} ({recorded['path']}); the model "
-                                f"loaded is {self.model.version} ({self.model.path}): re-index with it, or search with "
-                                "the index's model")
+            raise IndexMismatch(
+                f"{index} was built with model {recorded['version']} ({recorded['path']}); the model "
+                f"loaded is {self.model.version} ({self.model.path}): re-index with it, or search with "
+                "the index's model"
+            )
 
     @torch.no_grad()
     def embed(self, queries: list[str]) -> tuple[torch.Tensor, list[dict]]:
@@ -103,7 +108,7 @@ class Searcher:
         if level == "video":
             scores, rows = top_k(q, ix.video_vectors, k)
             for score, v in zip(scores[0].tolist(), rows[0].tolist()):
-                c = int(ptr[v] + clip_scores[ptr[v]:ptr[v + 1]].argmax())
+                c = int(ptr[v] + clip_scores[ptr[v] : ptr[v + 1]].argmax())
                 hits.append(self._hit(len(hits) + 1, score, v, c, clip_scores, q[0], ptr))
         else:
             scores, rows = top_k(q, ix.clip_vectors, k)
@@ -120,8 +125,9 @@ class Searcher:
         videos, kept = [], []
         for hit in hits:
             try:
-                clips = featurizer.featurize(featurizer.open_group([Path(hit["video"])])[0],
-                                             model.featurization.limits.max_clips)
+                clips = featurizer.featurize(
+                    featurizer.open_group([Path(hit["video"])])[0], model.featurization.limits.max_clips
+                )
             except ValueError as err:  # moved or deleted since indexing: keep the dual-encoder order for it
                 hit["rerank_error"] = str(err)
                 continue
@@ -138,10 +144,18 @@ class Searcher:
             hit["rank"] = rank
         return ordered
 
-    def _hit(self, rank: int, score: float, v: int, c: int, clip_scores: torch.Tensor, query: torch.Tensor,
-             ptr: torch.Tensor) -> dict:
+    def _hit(
+        self, rank: int, score: float, v: int, c: int, clip_scores: torch.Tensor, query: torch.Tensor, ptr: torch.Tensor
+    ) -> dict:
         ix = self.index
         start, end = ix.clip_times[c].tolist()
-        return {"rank": rank, "score": round(score, 4), "video": ix.videos[v]["path"], "clip": c - int(ptr[v]),
-                "start": round(start, 2), "end": round(end, 2), "clip_score": round(float(clip_scores[c]), 4),
-                "video_score": round(float(ix.video_vectors[v] @ query), 4)}
+        return {
+            "rank": rank,
+            "score": round(score, 4),
+            "video": ix.videos[v]["path"],
+            "clip": c - int(ptr[v]),
+            "start": round(start, 2),
+            "end": round(end, 2),
+            "clip_score": round(float(clip_scores[c]), 4),
+            "video_score": round(float(ix.video_vectors[v] @ query), 4),
+        }

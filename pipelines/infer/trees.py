@@ -47,12 +47,13 @@ def video_trees(clips: list[ClipLeaves], limits: Limits) -> tuple[Trees, list[tu
     and windows of at most ``max_clips`` consecutive clips with the index of their first clip (each
     clip's embedding is read in the context of its neighbours, however long the video).
     """
+
     def tree(part: list[ClipLeaves]) -> Trees:
         sample = assemble("video", video=part, limits=limits)
         return sample_part(sample, sample.hierarchy.keyed_children(0)["video"])
 
     size = limits.max_clips
-    windows = [(tree(clips[at:at + size]), at) for at in range(0, len(clips), size)]
+    windows = [(tree(clips[at : at + size]), at) for at in range(0, len(clips), size)]
     whole = windows[0][0] if len(clips) <= size else tree(clips)  # assemble subsamples evenly
     return whole, windows
 

@@ -8,7 +8,7 @@ videos (:mod:`pipelines.infer.trees`) build the same batches.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -31,16 +31,21 @@ class Trees:
         self.hierarchy, self.features, self.leaf_modality = hierarchy, features, leaf_modality
 
     @classmethod
-    def batch(cls, parts: Sequence["Trees"]) -> "Trees":
+    def batch(cls, parts: Sequence[Trees]) -> Trees:
         """Parts one after the other in one forest (each modality's rows concatenated in the same order)."""
         modalities = sorted({m for p in parts for m in p.features})
-        return cls(Hierarchy.batch([p.hierarchy for p in parts]),
-                   {m: torch.cat([p.features[m] for p in parts if m in p.features]) for m in modalities},
-                   torch.cat([p.leaf_modality for p in parts]))
+        return cls(
+            Hierarchy.batch([p.hierarchy for p in parts]),
+            {m: torch.cat([p.features[m] for p in parts if m in p.features]) for m in modalities},
+            torch.cat([p.leaf_modality for p in parts]),
+        )
 
-    def to(self, device) -> "Trees":
-        return Trees(self.hierarchy.to(device), {k: v.to(device) for k, v in self.features.items()},
-                     self.leaf_modality.to(device))
+    def to(self, device) -> Trees:
+        return Trees(
+            self.hierarchy.to(device),
+            {k: v.to(device) for k, v in self.features.items()},
+            self.leaf_modality.to(device),
+        )
 
     @property
     def num_trees(self) -> int:
@@ -62,7 +67,7 @@ def sample_part(sample: Sample, node: int) -> Trees:
             before = int((modality[:start] == m).sum())  # rows of modality m are in leaf order
             count = int((modality[start:end] == m).sum())
             if count:
-                features[name] = sample.features[name][before:before + count]
+                features[name] = sample.features[name][before : before + count]
     return Trees(h.subtree(node), features, modality[start:end])
 
 
@@ -73,7 +78,7 @@ class Batch(Trees):
         super().__init__(trees.hierarchy, trees.features, trees.leaf_modality)
         self.ids, self.meta = ids, meta
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         return Batch(self.ids, super().to(device), self.meta)
 
     def __len__(self) -> int:
@@ -82,8 +87,9 @@ class Batch(Trees):
 
 def collate(samples: Sequence[Sample]) -> Batch:
     """Samples -> one forest batch."""
-    return Batch([s.id for s in samples], Trees.batch([sample_trees(s) for s in samples]),
-                 [dict(s.meta) for s in samples])
+    return Batch(
+        [s.id for s in samples], Trees.batch([sample_trees(s) for s in samples]), [dict(s.meta) for s in samples]
+    )
 
 
 class RetrievalBatch:
@@ -99,7 +105,7 @@ class RetrievalBatch:
     def __init__(self, ids: list[str], videos: Trees, texts: Trees, text_video: torch.Tensor):
         self.ids, self.videos, self.texts, self.text_video = ids, videos, texts, text_video
 
-    def to(self, device) -> "RetrievalBatch":
+    def to(self, device) -> RetrievalBatch:
         return RetrievalBatch(self.ids, self.videos.to(device), self.texts.to(device), self.text_video.to(device))
 
     def __len__(self) -> int:
@@ -117,5 +123,6 @@ def retrieval_collate(samples: Sequence[Sample]) -> RetrievalBatch:
         for caption in sample.hierarchy.children(keys["captions"]):
             texts.append(sample_part(sample, caption))
             owner.append(b)
-    return RetrievalBatch([s.id for s in samples], Trees.batch(videos), Trees.batch(texts),
-                          torch.tensor(owner, dtype=torch.long))
+    return RetrievalBatch(
+        [s.id for s in samples], Trees.batch(videos), Trees.batch(texts), torch.tensor(owner, dtype=torch.long)
+    )

@@ -42,8 +42,10 @@ class BestCheckpoint(ModelCheckpoint):
         if self.monitor is None:
             self.monitor = getattr(pl_module, "monitor", None)
             if self.monitor is None:
-                raise ValueError(f"BestCheckpoint: {type(pl_module).__name__} names no monitor metric; give "
-                                 "BestCheckpoint(monitor=...)")
+                raise ValueError(
+                    f"BestCheckpoint: {type(pl_module).__name__} names no monitor metric; give "
+                    "BestCheckpoint(monitor=...)"
+                )
         super().setup(trainer, pl_module, stage)
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -33,9 +33,19 @@ class SizeBucketSampler(Sampler[list[int]]):
     asked for; the trainer's count, see :meth:`ShardDataModule._loader`), else from :meth:`load_state_dict`.
     """
 
-    def __init__(self, sizes: Sequence[int], batch_size: int, shuffle: bool = True, seed: int = 0,
-                 window: int = 50, drop_last: bool = False, epoch_source: Callable[[], int] | None = None,
-                 rank: int = 0, world_size: int = 1, progress_source: Callable[[], int] | None = None):
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        window: int = 50,
+        drop_last: bool = False,
+        epoch_source: Callable[[], int] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        progress_source: Callable[[], int] | None = None,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.sizes, self.batch_size, self.shuffle = list(sizes), batch_size, shuffle
@@ -61,13 +71,16 @@ class SizeBucketSampler(Sampler[list[int]]):
     def _batches(self) -> list[list[int]]:
         order = list(range(len(self.sizes)))
         if not self.shuffle:
-            return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)
-                    if not self.drop_last or i + self.batch_size <= len(order)]
+            return [
+                order[i : i + self.batch_size]
+                for i in range(0, len(order), self.batch_size)
+                if not self.drop_last or i + self.batch_size <= len(order)
+            ]
         rng = random.Random(self.seed + self.epoch)
         rng.shuffle(order)
         span = self.batch_size * self.window
-        order = [i for w in range(0, len(order), span) for i in sorted(order[w:w + span], key=self.sizes.__getitem__)]
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        order = [i for w in range(0, len(order), span) for i in sorted(order[w : w + span], key=self.sizes.__getitem__)]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
         rng.shuffle(batches)
@@ -79,7 +92,7 @@ class SizeBucketSampler(Sampler[list[int]]):
             return batches
         if self.shuffle and batches:
             batches = batches + batches[: (-len(batches)) % self.world_size]
-        return batches[self.rank::self.world_size]
+        return batches[self.rank :: self.world_size]
 
     def _done(self) -> int:
         """Batches of this epoch's order (this rank's) to leave out: already trained on."""
@@ -158,8 +171,16 @@ class ShardDataModule(pl.LightningDataModule):
         predict_split: the split ``mmhsa predict`` runs on.
     """
 
-    def __init__(self, data_dir: str, task: str = "qa", batch_size: int = 16, num_workers: int = 0, seed: int = 0,
-                 limit: int | None = None, predict_split: str = "test"):
+    def __init__(
+        self,
+        data_dir: str,
+        task: str = "qa",
+        batch_size: int = 16,
+        num_workers: int = 0,
+        seed: int = 0,
+        limit: int | None = None,
+        predict_split: str = "test",
+    ):
         super().__init__()
         self.predict_split = predict_split
         if task not in ("qa", "retrieval"):
@@ -185,6 +206,7 @@ class ShardDataModule(pl.LightningDataModule):
         trainer = self.trainer
         progress_source = None
         if trainer is not None and train:
+
             def progress() -> int:
                 """Batches of the current epoch trained on, as the trainer counts them (0 outside fitting).
 
@@ -199,16 +221,27 @@ class ShardDataModule(pl.LightningDataModule):
                 return trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
             progress_source = progress
-        sampler = SizeBucketSampler([s.hierarchy.num_leaves for s in samples], self.batch_size, shuffle=train,
-                                    seed=self.seed, epoch_source=(lambda: trainer.current_epoch) if trainer else None,
-                                    rank=trainer.global_rank if trainer else 0,
-                                    world_size=trainer.world_size if trainer else 1, progress_source=progress_source)
+        sampler = SizeBucketSampler(
+            [s.hierarchy.num_leaves for s in samples],
+            self.batch_size,
+            shuffle=train,
+            seed=self.seed,
+            epoch_source=(lambda: trainer.current_epoch) if trainer else None,
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
+            progress_source=progress_source,
+        )
         # Its own generator: creating a loader iterator draws a seed, and from the global stream that draw
         # would shift dropout between an interrupted-and-resumed run and an uninterrupted one.
         generator = torch.Generator().manual_seed(self.seed)
         loader = ResumableDataLoader if train else DataLoader
-        return loader(samples, batch_sampler=sampler, num_workers=self.num_workers, generator=generator,
-                      collate_fn=retrieval_collate if self.task == "retrieval" else collate)
+        return loader(
+            samples,
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            generator=generator,
+            collate_fn=retrieval_collate if self.task == "retrieval" else collate,
+        )
 
     def manifest(self) -> dict | None:
         """The prepared directory's manifest.json (None when there is none)."""

@@ -52,23 +52,45 @@ class FusionModule(pl.LightningModule):
 
     monitor: str | None = None  # each task's validation metric for the best checkpoint (higher is better)
 
-    def __init__(self, mixer: str = "hsa", dim: int = 128, depth: int = 2, heads: int = 4, dropout: float = 0.1,
-                 pos_dim: int = 8, backend: str = "auto", lr: float = 1e-3, weight_decay: float = 0.05,
-                 warmup_steps: int = 50, init_from: str | None = None, content_position: bool = False,
-                 frame_differences: bool = False, feature_dims: dict[str, int] | None = None):
+    def __init__(
+        self,
+        mixer: str = "hsa",
+        dim: int = 128,
+        depth: int = 2,
+        heads: int = 4,
+        dropout: float = 0.1,
+        pos_dim: int = 8,
+        backend: str = "auto",
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_steps: int = 50,
+        init_from: str | None = None,
+        content_position: bool = False,
+        frame_differences: bool = False,
+        feature_dims: dict[str, int] | None = None,
+    ):
         super().__init__()
         widths = {**DEFAULT_FEATURE_DIMS, **(feature_dims or {})}
-        self.encoder = HierarchicalEncoder({m: widths[m] for m in MODALITIES}, dim=dim, depth=depth, heads=heads,
-                                           dropout=dropout, pos_dim=pos_dim, keys=ROOT_KEYS, backend=backend, mixer=mixer,
-                                           content_position=content_position,
-                                           difference_modalities=("video",) if frame_differences else ())
+        self.encoder = HierarchicalEncoder(
+            {m: widths[m] for m in MODALITIES},
+            dim=dim,
+            depth=depth,
+            heads=heads,
+            dropout=dropout,
+            pos_dim=pos_dim,
+            keys=ROOT_KEYS,
+            backend=backend,
+            mixer=mixer,
+            content_position=content_position,
+            difference_modalities=("video",) if frame_differences else (),
+        )
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self._outputs: list = []
         if init_from:
             self.load_encoder(init_from)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, **overrides) -> "FusionModule":
+    def from_checkpoint(cls, checkpoint: str | Path, **overrides) -> FusionModule:
         """The task module a checkpoint holds, with its trained weights (in train mode, on the CPU).
 
         The class is the one the checkpoint records, looked up by name among ``cls`` and its subclasses
@@ -88,23 +110,26 @@ class FusionModule(pl.LightningModule):
         recorded = (state.get("mmhsa_class") or hparams.get("_class_path", "")).rsplit(".", 1)[-1]
         found = next((c for c in (cls, *_subclasses(cls)) if c.__name__ == recorded), None)
         if found is None:
-            raise ValueError(f"checkpoint {path} is a {recorded or 'unknown'} model; this command needs a "
-                             f"{cls.__name__} checkpoint")
+            raise ValueError(
+                f"checkpoint {path} is a {recorded or 'unknown'} model; this command needs a {cls.__name__} checkpoint"
+            )
         hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
         module = found(**{**hparams, "init_from": None, **overrides})  # the weights below are the trained ones
         try:
             module.load_state_dict(state["state_dict"])
         except RuntimeError as err:  # e.g. a checkpoint from an earlier mmhsa whose layers had other shapes
             first = str(err).split("\n\t", 2)[1] if "\n\t" in str(err) else str(err)
-            raise ValueError(f"checkpoint {path}: its weights do not fit this version of {found.__name__} ({first}); "
-                             "it was probably saved by an earlier mmhsa: retrain it (make train)") from None
+            raise ValueError(
+                f"checkpoint {path}: its weights do not fit this version of {found.__name__} ({first}); "
+                "it was probably saved by an earlier mmhsa: retrain it (make train)"
+            ) from None
         module.checkpoint_state = {k: v for k, v in state.items() if k not in ("state_dict", "optimizer_states")}
         return module
 
     def load_encoder(self, checkpoint: str) -> None:
         """Copy the encoder weights of another run's checkpoint (shapes must match)."""
         state = read_checkpoint(Path(checkpoint))["state_dict"]
-        encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+        encoder = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
         if not encoder:
             raise ValueError(f"{checkpoint}: holds no encoder weights")
         try:
@@ -120,9 +145,11 @@ class FusionModule(pl.LightningModule):
         """Stop on a non-finite loss before it reaches the weights (and the checkpoints)."""
         if not torch.isfinite(loss):
             shown = ", ".join(ids[:8]) + (" ..." if len(ids) > 8 else "")
-            raise FloatingPointError(f"non-finite loss {loss.item()} at global step {self.global_step}, epoch "
-                                     f"{self.current_epoch}, batch {batch_idx} (samples {shown}); stopping before "
-                                     "the update")
+            raise FloatingPointError(
+                f"non-finite loss {loss.item()} at global step {self.global_step}, epoch "
+                f"{self.current_epoch}, batch {batch_idx} (samples {shown}); stopping before "
+                "the update"
+            )
 
     # ------------------------------------------------------------------ evaluation
     # A task collects its outputs batch by batch (``_collect``) and turns them into metrics over the
@@ -139,8 +166,11 @@ class FusionModule(pl.LightningModule):
             return self._outputs
         mine = [tuple(x.cpu() if isinstance(x, torch.Tensor) else x for x in row) for row in self._outputs]
         everyone = every_rank(mine)
-        return [tuple(x.to(self.device) if isinstance(x, torch.Tensor) else x for x in row)
-                for rows in everyone for row in rows]
+        return [
+            tuple(x.to(self.device) if isinstance(x, torch.Tensor) else x for x in row)
+            for rows in everyone
+            for row in rows
+        ]
 
     def on_validation_epoch_start(self) -> None:
         self._outputs = []
@@ -182,8 +212,9 @@ class FusionModule(pl.LightningModule):
     def configure_optimizers(self):
         decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "embedding" not in n]
         rest = [p for n, p in self.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
-                                       {"params": rest, "weight_decay": 0.0}], lr=self.lr)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=self.lr
+        )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(self.warmup_steps, total // 2)
 
@@ -212,7 +243,9 @@ def read_checkpoint(path: Path) -> dict:
             raise TypeError("no state_dict")
     except Exception as err:  # a truncated or foreign file fails in many ways inside torch.load
         reason = str(err).strip().split("\n", 1)[0]
-        raise ValueError(f"checkpoint {path}: not a readable mmhsa checkpoint ({type(err).__name__}: {reason})") from None
+        raise ValueError(
+            f"checkpoint {path}: not a readable mmhsa checkpoint ({type(err).__name__}: {reason})"
+        ) from None
     return state
 
 

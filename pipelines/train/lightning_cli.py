@@ -42,8 +42,9 @@ class RecipeCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({f"trainer.{key}": value for key, value in trainer_defaults().items()})
-        parser.link_arguments("data", "model.init_args.feature_dims", compute_fn=lambda data: data.feature_dims,
-                              apply_on="instantiate")
+        parser.link_arguments(
+            "data", "model.init_args.feature_dims", compute_fn=lambda data: data.feature_dims, apply_on="instantiate"
+        )
 
     def instantiate_trainer(self, **kwargs):
         config = self._get(self.config_init, "trainer", default={})
@@ -56,6 +57,13 @@ def lightning_cli(argv: list[str], run: bool = True) -> RecipeCLI:
     """The CLI on ``argv`` (e.g. ``["fit", "-c", "configs/qa_synthetic.yaml"]``): any
     :class:`~pipelines.train.fusion.FusionModule` (``model.class_path``) on :class:`ShardDataModule`.
     ``run=False``: parse and instantiate only (no subcommand; the caller runs fit/test)."""
-    return RecipeCLI(FusionModule, ShardDataModule, subclass_mode_model=True, args=argv, run=run,
-                     seed_everything_default=0, save_config_kwargs={"overwrite": True},
-                     parser_kwargs={"prog": "mmhsa"})
+    return RecipeCLI(
+        FusionModule,
+        ShardDataModule,
+        subclass_mode_model=True,
+        args=argv,
+        run=run,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": "mmhsa"},
+    )

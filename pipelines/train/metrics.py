@@ -8,7 +8,7 @@ chunks, so a 100k-item gallery never needs the full matrix at once.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

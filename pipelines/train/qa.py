@@ -27,8 +27,8 @@ from torch import nn
 from mmhsa.nn import pool_nodes
 
 from .batches import Batch
-from .metrics import qa_accuracy
 from .fusion import FusionModule, mlp
+from .metrics import qa_accuracy
 
 __all__ = ["QAModule"]
 
@@ -72,15 +72,20 @@ class QAModule(FusionModule):
             keys = h.keyed_children(root)
             answers = [keys[k] for k in sorted((k for k in keys if k.startswith("answer_")), key=lambda k: int(k[7:]))]
             if "video" not in keys or "question" not in keys or not (answers or open_ended):
-                raise ValueError(f"sample {batch.ids[b]!r}: QA needs 'video', 'question' and 'answer_k', it has "
-                                 f"{sorted(keys)}")
+                raise ValueError(
+                    f"sample {batch.ids[b]!r}: QA needs 'video', 'question' and 'answer_k', it has {sorted(keys)}"
+                )
             videos.append(keys["video"])
             questions.append(keys["question"])
             candidates.append(answers)
             clips.append(h.children(keys["video"]))
         device = h.device
-        return (torch.tensor(videos, device=device), torch.tensor(questions, device=device),
-                _padded(candidates).to(device), _padded(clips).to(device))
+        return (
+            torch.tensor(videos, device=device),
+            torch.tensor(questions, device=device),
+            _padded(candidates).to(device),
+            _padded(clips).to(device),
+        )
 
     def _read_clips(self, query: torch.Tensor, c: torch.Tensor, clips: torch.Tensor) -> torch.Tensor:
         """Attention read-out over each sample's clips: query [B, K, D], clips c [B, C, D] -> [B, K, D]."""
@@ -111,8 +116,9 @@ class QAModule(FusionModule):
         """[B] the correct candidate's index, or open-ended its vocabulary id (-100 outside the vocabulary)."""
         if self.vocabulary is None:
             return torch.tensor([m["answer"] for m in batch.meta], device=batch.hierarchy.device)
-        return torch.tensor([self.answer_ids.get(normalise(answer_text(m)), -100) for m in batch.meta],
-                            device=batch.hierarchy.device)
+        return torch.tensor(
+            [self.answer_ids.get(normalise(answer_text(m)), -100) for m in batch.meta], device=batch.hierarchy.device
+        )
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         scores, answers = self(batch), self.answers(batch)
@@ -134,12 +140,19 @@ class QAModule(FusionModule):
             row = {"id": batch.ids[b], "type": meta.get("type", ""), "question": meta.get("question")}
             if self.vocabulary is None:
                 scores = log_p[b][torch.isfinite(log_p[b])]
-                row |= {"candidates": meta.get("candidates"), "scores": [round(x, 5) for x in scores.tolist()],
-                        "predicted": int(scores.argmax()), "answer": meta.get("answer")}
+                row |= {
+                    "candidates": meta.get("candidates"),
+                    "scores": [round(x, 5) for x in scores.tolist()],
+                    "predicted": int(scores.argmax()),
+                    "answer": meta.get("answer"),
+                }
             else:
                 best = log_p[b].topk(min(5, log_p.shape[1]))
-                row |= {"predicted": self.vocabulary[int(best.indices[0])], "answer": answer_text(meta),
-                        "top": [[self.vocabulary[int(i)], round(float(s), 5)] for s, i in zip(*best)]}
+                row |= {
+                    "predicted": self.vocabulary[int(best.indices[0])],
+                    "answer": answer_text(meta),
+                    "top": [[self.vocabulary[int(i)], round(float(s), 5)] for s, i in zip(*best)],
+                }
             rows.append(row)
         return rows
 

@@ -37,10 +37,17 @@ def joint_pairs(videos: list[Trees], texts: list[Trees], pairs: list[tuple[int, 
     parts = []
     for v, t in pairs:
         video, text = videos[v], texts[t]
-        features = {m: torch.cat([p.features[m] for p in (video, text) if m in p.features])
-                    for m in sorted(set(video.features) | set(text.features))}
-        parts.append(Trees(Hierarchy.join([video.hierarchy, text.hierarchy], keys=["video", "captions"]), features,
-                           torch.cat([video.leaf_modality, text.leaf_modality])))
+        features = {
+            m: torch.cat([p.features[m] for p in (video, text) if m in p.features])
+            for m in sorted(set(video.features) | set(text.features))
+        }
+        parts.append(
+            Trees(
+                Hierarchy.join([video.hierarchy, text.hierarchy], keys=["video", "captions"]),
+                features,
+                torch.cat([video.leaf_modality, text.leaf_modality]),
+            )
+        )
     return Trees.batch(parts)
 
 
@@ -59,8 +66,9 @@ class RerankModule(FusionModule):
 
     monitor = "val/t2v_R@1"  # the validation metric the best checkpoint is chosen by
 
-    def __init__(self, dual_encoder: str | None = None, negatives: int = 3, rerank_k: int = 10, head_hidden: int = 256,
-                 **fusion):
+    def __init__(
+        self, dual_encoder: str | None = None, negatives: int = 3, rerank_k: int = 10, head_hidden: int = 256, **fusion
+    ):
         super().__init__(**fusion)
         self.save_hyperparameters()
         self.negatives, self.rerank_k = negatives, rerank_k
@@ -112,10 +120,15 @@ class RerankModule(FusionModule):
     # ------------------------------------------------------------------ evaluation
     def _collect(self, batch: RetrievalBatch) -> None:
         cpu = batch.to("cpu")
-        self._outputs.append(([_tree(cpu.videos, i) for i in range(len(batch))],
-                              [_tree(cpu.texts, i) for i in range(len(batch.text_video))],
-                              self.dual.embed(batch.videos, "video"), self.dual.embed(batch.texts, "text"),
-                              batch.text_video))
+        self._outputs.append(
+            (
+                [_tree(cpu.videos, i) for i in range(len(batch))],
+                [_tree(cpu.texts, i) for i in range(len(batch.text_video))],
+                self.dual.embed(batch.videos, "video"),
+                self.dual.embed(batch.texts, "text"),
+                batch.text_video,
+            )
+        )
 
     @torch.no_grad()
     def rerank(self, sims: torch.Tensor, videos: list[Trees], texts: list[Trees], chunk: int = 64) -> torch.Tensor:
@@ -124,8 +137,12 @@ class RerankModule(FusionModule):
         k = min(self.rerank_k, sims.shape[1])
         top = sims.topk(k, dim=1).indices  # [T, k]
         pairs = [(int(v), t) for t in range(len(texts)) for v in top[t]]
-        scores = torch.cat([self.score_pairs(videos, texts, pairs[at:at + chunk]).float().cpu()
-                            for at in range(0, len(pairs), chunk)]).view(len(texts), k)
+        scores = torch.cat(
+            [
+                self.score_pairs(videos, texts, pairs[at : at + chunk]).float().cpu()
+                for at in range(0, len(pairs), chunk)
+            ]
+        ).view(len(texts), k)
         out = sims.float().cpu() - sims.abs().max().item() - 1  # everything else stays below, in its order
         return out.scatter(1, top.cpu(), scores - scores.min(1, keepdim=True).values + 1)
 
@@ -149,8 +166,10 @@ class RerankModule(FusionModule):
         def ranks(scores):  # the rows are already scores: the "gallery" argument only carries its size
             return retrieval_ranks(scores, torch.empty(len(videos), 0), positive, score=lambda a, _: a)
 
-        metrics = {**recall_summary(ranks(sims), prefix="dual_t2v_"),
-                   **recall_summary(ranks(self.rerank(sims, videos, texts)), prefix="t2v_")}
+        metrics = {
+            **recall_summary(ranks(sims), prefix="dual_t2v_"),
+            **recall_summary(ranks(self.rerank(sims, videos, texts)), prefix="t2v_"),
+        }
         metrics = {f"{prefix}/{k}": v for k, v in metrics.items()}
         self.log_dict(metrics, batch_size=len(videos))
         return metrics

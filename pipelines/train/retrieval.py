@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batches import RetrievalBatch, Trees
-from .metrics import recall_summary, retrieval_ranks
 from .fusion import FusionModule, pool_roots
+from .metrics import recall_summary, retrieval_ranks
 
 __all__ = ["RetrievalModule", "reverse_frames"]
 
@@ -30,8 +30,10 @@ def reverse_frames(videos: Trees) -> Trees:
     """
     h = videos.hierarchy
     if "clip" not in h.kind_names or set(videos.features) != {"video"}:
-        raise ValueError(f"reverse_frames needs video trees (clips of frames), got kinds {h.kind_names} and "
-                         f"modalities {sorted(videos.features)}")
+        raise ValueError(
+            f"reverse_frames needs video trees (clips of frames), got kinds {h.kind_names} and "
+            f"modalities {sorted(videos.features)}"
+        )
     order = torch.arange(h.num_leaves)
     for clip in torch.nonzero(h.kind == h.kind_names.index("clip")).flatten().tolist():
         frames = h.children(clip)
@@ -39,9 +41,10 @@ def reverse_frames(videos: Trees) -> Trees:
         sizes = {e - s for s, e in zip(starts, ends)}
         if len(sizes) != 1:
             raise ValueError(f"reverse_frames: clip node {clip} has frames of different leaf counts {sorted(sizes)}")
-        order[starts[0]:ends[-1]] = torch.cat([torch.arange(s, e) for s, e in zip(starts[::-1], ends[::-1])])
-    return Trees(h, {"video": videos.features["video"][order.to(videos.features["video"].device)]},
-                 videos.leaf_modality)
+        order[starts[0] : ends[-1]] = torch.cat([torch.arange(s, e) for s, e in zip(starts[::-1], ends[::-1])])
+    return Trees(
+        h, {"video": videos.features["video"][order.to(videos.features["video"].device)]}, videos.leaf_modality
+    )
 
 
 class RetrievalModule(FusionModule):
@@ -102,8 +105,10 @@ class RetrievalModule(FusionModule):
         videos, texts = self.embed(batch.videos, "video").float(), self.embed(batch.texts, "text").float()
         rows = [{"id": i, "kind": "video", "embedding": v.tolist()} for i, v in zip(batch.ids, videos)]
         number = [int((batch.text_video[:t] == batch.text_video[t]).sum()) for t in range(len(texts))]
-        rows += [{"id": batch.ids[int(owner)], "kind": "caption", "caption": n, "embedding": t.tolist()}
-                 for owner, n, t in zip(batch.text_video, number, texts)]
+        rows += [
+            {"id": batch.ids[int(owner)], "kind": "caption", "caption": n, "embedding": t.tolist()}
+            for owner, n, t in zip(batch.text_video, number, texts)
+        ]
         return rows
 
     # ------------------------------------------------------------------ evaluation
@@ -127,8 +132,11 @@ class RetrievalModule(FusionModule):
         gallery = torch.arange(len(videos), device=owner.device)
         t2v = retrieval_ranks(texts, videos, lambda q: owner[q][:, None] == gallery[None, :])
         v2t = retrieval_ranks(videos, texts, lambda q: q[:, None] == owner[None, :])
-        metrics = {**recall_summary(t2v, prefix="t2v_"), **recall_summary(v2t, prefix="v2t_"),
-                   "forward_vs_reversed": torch.cat(wins).float().mean().item()}
+        metrics = {
+            **recall_summary(t2v, prefix="t2v_"),
+            **recall_summary(v2t, prefix="v2t_"),
+            "forward_vs_reversed": torch.cat(wins).float().mean().item(),
+        }
         metrics = {f"{prefix}/{k}": v for k, v in metrics.items()}
         self.log_dict(metrics, batch_size=len(videos))
         return metrics

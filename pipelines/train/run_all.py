@@ -1,12 +1,12 @@
 """``make train``: train the default recipes on the embedded corpus, HSA against its baselines.
 
-For each recipe (retrieval, QA; then the cross-modal re-ranker for HSA) and each mixer (HSA; flat softmax attention over the same leaves, FSA;
-attention-free mean pooling, DeepSet) it runs the Lightning CLI's fit, then tests the best checkpoint on
-the held-out test split, and prints one table (written to ``runs/train_all/results.json`` too) with the
-time taken. QA starts from the retrieval model's encoder of the same mixer (``init_from``): the
-contrastive task grounds words in the video first. The re-ranker starts from the HSA retrieval
-encoder too and draws its hard negatives from that dual encoder; its row gives the dual encoder's
-R@1 on the same split next to the re-ranked one. The HSA models become the defaults of
+For each recipe (retrieval, QA; then the cross-modal re-ranker for HSA) and each mixer (HSA; flat softmax
+attention over the same leaves, FSA; attention-free mean pooling, DeepSet) it runs the Lightning CLI's fit,
+then tests the best checkpoint on the held-out test split, and prints one table (written to
+``runs/train_all/results.json`` too) with the time taken. QA starts from the retrieval model's encoder of
+the same mixer (``init_from``): the contrastive task grounds words in the video first. The re-ranker starts
+from the HSA retrieval encoder too and draws its hard negatives from that dual encoder; its row gives the
+dual encoder's R@1 on the same split next to the re-ranked one. The HSA models become the defaults of
 ``mmhsa index|search|ask|explain`` (``runs/default/``).
 
     python -m pipelines.train.run_all [--mixers hsa flat mean] [--tasks retrieval qa] [--max-epochs N] [--limit N]
@@ -29,28 +29,48 @@ __all__ = ["DEFAULT_CHECKPOINTS", "main", "run"]
 # Where `make train` leaves the HSA models that inference uses when no checkpoint is given.
 DEFAULT_CHECKPOINTS = {task: Path(f"runs/default/{task}.ckpt") for task in ("retrieval", "qa", "rerank")}
 
-RECIPES = {"retrieval": "configs/retrieval_synthetic.yaml", "qa": "configs/qa_synthetic.yaml",
-           "rerank": "configs/rerank_synthetic.yaml"}
+RECIPES = {
+    "retrieval": "configs/retrieval_synthetic.yaml",
+    "qa": "configs/qa_synthetic.yaml",
+    "rerank": "configs/rerank_synthetic.yaml",
+}
 MIXERS = {"hsa": "HSA", "flat": "FSA (flat)", "mean": "mean pool"}
-COLUMNS = {"retrieval": ["t2v_R@1", "t2v_R@5", "t2v_R@10", "v2t_R@1", "v2t_R@5", "v2t_R@10", "forward_vs_reversed"],
-           "qa": ["acc", "acc_direction", "acc_colour_after", "acc_next", "acc_previous"],
-           "rerank": ["dual_t2v_R@1", "t2v_R@1", "t2v_R@5", "t2v_R@10"]}
+COLUMNS = {
+    "retrieval": ["t2v_R@1", "t2v_R@5", "t2v_R@10", "v2t_R@1", "v2t_R@5", "v2t_R@10", "forward_vs_reversed"],
+    "qa": ["acc", "acc_direction", "acc_colour_after", "acc_next", "acc_previous"],
+    "rerank": ["dual_t2v_R@1", "t2v_R@1", "t2v_R@5", "t2v_R@10"],
+}
 
 
 def run(task: str, mixer: str, root: Path, extra: list[str]) -> dict:
     """Fit one recipe with one mixer, test its best checkpoint; metrics and seconds."""
     out = root / f"{task}-{mixer}"  # the run directory: logs, checkpoints and predictions go under it
-    args = ["-c", RECIPES[task], "--model.init_args.mixer", mixer, "--trainer.default_root_dir", str(out),
-            "--trainer.enable_progress_bar", "false", *extra]
+    args = [
+        "-c",
+        RECIPES[task],
+        "--model.init_args.mixer",
+        mixer,
+        "--trainer.default_root_dir",
+        str(out),
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    ]
     started = time.perf_counter()
     cli = lightning_cli(args, run=False)  # run=False: no subcommand; fit and test are called below
     cli.trainer.fit(cli.model, cli.datamodule)
     fit_seconds = time.perf_counter() - started
     tested = cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best", verbose=False)[0]
     metrics = {k.split("/", 1)[1]: v for k, v in tested.items() if k.startswith("test/")}
-    return {"task": task, "mixer": mixer, "metrics": metrics, "fit_seconds": round(fit_seconds, 1),
-            "seconds": round(time.perf_counter() - started, 1), "epochs": cli.trainer.current_epoch,
-            "best_checkpoint": cli.trainer.checkpoint_callback.best_model_path}
+    return {
+        "task": task,
+        "mixer": mixer,
+        "metrics": metrics,
+        "fit_seconds": round(fit_seconds, 1),
+        "seconds": round(time.perf_counter() - started, 1),
+        "epochs": cli.trainer.current_epoch,
+        "best_checkpoint": cli.trainer.checkpoint_callback.best_model_path,
+    }
 
 
 def table(results: list[dict]) -> str:
@@ -73,8 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-epochs", type=int, default=None, help="override the recipes' epochs")
     parser.add_argument("--limit", type=int, default=None, help="samples per split (quick runs)")
     parser.add_argument("--root", default="runs/train_all")
-    parser.add_argument("--set", nargs="*", default=[], metavar="ARG",
-                        help="more Lightning CLI arguments for every run, e.g. --set=--model.init_args.depth=3")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="ARG",
+        help="more Lightning CLI arguments for every run, e.g. --set=--model.init_args.depth=3",
+    )
     args = parser.parse_args(argv)
     extra = list(args.set)
     if args.max_epochs is not None:

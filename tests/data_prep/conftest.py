@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -23,11 +23,13 @@ def make_video(media: Path) -> Callable[..., Path]:
 
     Without frames: the standard :func:`indexed_frames` video, 48 frames of 64x48 at 25 fps.
     """
+
     def make(name: str, frames: np.ndarray | None = None, **kwargs) -> Path:
         path = media / name
         if not path.exists():
             write_video(path, indexed_frames(N_FRAMES, 48, 64) if frames is None else frames, **kwargs)
         return path
+
     return make
 
 

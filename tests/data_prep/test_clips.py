@@ -46,28 +46,31 @@ def assert_tiles(clips: list[Clip], n: int) -> None:
 
 
 # ------------------------------------------------------------------ settings
-@pytest.mark.parametrize("make, field", [
-    (lambda: WindowConfig(window_seconds=0), "WindowConfig.window_seconds"),
-    (lambda: WindowConfig(window_seconds=-1), "WindowConfig.window_seconds"),
-    (lambda: WindowConfig(window_seconds=math.nan), "WindowConfig.window_seconds"),
-    (lambda: WindowConfig(window_seconds=4, overlap_seconds=4), "WindowConfig.overlap_seconds"),
-    (lambda: WindowConfig(window_seconds=4, overlap_seconds=-0.5), "WindowConfig.overlap_seconds"),
-    (lambda: WindowConfig(window_seconds=4, min_clip_seconds=4.5), "WindowConfig.min_clip_seconds"),
-    (lambda: WindowConfig(window_seconds=4, min_clip_seconds=-1), "WindowConfig.min_clip_seconds"),
-    (lambda: ShotConfig(threshold=0), "ShotConfig.threshold"),
-    (lambda: ShotConfig(threshold=1), "ShotConfig.threshold"),
-    (lambda: ShotConfig(threshold=math.nan), "ShotConfig.threshold"),
-    (lambda: ShotConfig(min_clip_seconds=-0.1), "ShotConfig.min_clip_seconds"),
-    (lambda: ShotConfig(min_clip_seconds=3, max_clip_seconds=5.9), "ShotConfig.max_clip_seconds"),
-    (lambda: ShotConfig(min_clip_seconds=0, max_clip_seconds=0), "ShotConfig.max_clip_seconds"),
-    (lambda: SamplingConfig(k=0), "SamplingConfig.k"),
-    (lambda: SamplingConfig(k=2.0), "SamplingConfig.k"),
-    (lambda: SamplingConfig(k=True), "SamplingConfig.k"),
-    (lambda: SamplingConfig(k=None, fps=0), "SamplingConfig.fps"),
-    (lambda: SamplingConfig(k=None, fps=-2.0), "SamplingConfig.fps"),
-    (lambda: SamplingConfig(k=None, fps=None), "exactly one of k and fps"),
-    (lambda: SamplingConfig(k=4, fps=2.0), "exactly one of k and fps"),
-])
+@pytest.mark.parametrize(
+    "make, field",
+    [
+        (lambda: WindowConfig(window_seconds=0), "WindowConfig.window_seconds"),
+        (lambda: WindowConfig(window_seconds=-1), "WindowConfig.window_seconds"),
+        (lambda: WindowConfig(window_seconds=math.nan), "WindowConfig.window_seconds"),
+        (lambda: WindowConfig(window_seconds=4, overlap_seconds=4), "WindowConfig.overlap_seconds"),
+        (lambda: WindowConfig(window_seconds=4, overlap_seconds=-0.5), "WindowConfig.overlap_seconds"),
+        (lambda: WindowConfig(window_seconds=4, min_clip_seconds=4.5), "WindowConfig.min_clip_seconds"),
+        (lambda: WindowConfig(window_seconds=4, min_clip_seconds=-1), "WindowConfig.min_clip_seconds"),
+        (lambda: ShotConfig(threshold=0), "ShotConfig.threshold"),
+        (lambda: ShotConfig(threshold=1), "ShotConfig.threshold"),
+        (lambda: ShotConfig(threshold=math.nan), "ShotConfig.threshold"),
+        (lambda: ShotConfig(min_clip_seconds=-0.1), "ShotConfig.min_clip_seconds"),
+        (lambda: ShotConfig(min_clip_seconds=3, max_clip_seconds=5.9), "ShotConfig.max_clip_seconds"),
+        (lambda: ShotConfig(min_clip_seconds=0, max_clip_seconds=0), "ShotConfig.max_clip_seconds"),
+        (lambda: SamplingConfig(k=0), "SamplingConfig.k"),
+        (lambda: SamplingConfig(k=2.0), "SamplingConfig.k"),
+        (lambda: SamplingConfig(k=True), "SamplingConfig.k"),
+        (lambda: SamplingConfig(k=None, fps=0), "SamplingConfig.fps"),
+        (lambda: SamplingConfig(k=None, fps=-2.0), "SamplingConfig.fps"),
+        (lambda: SamplingConfig(k=None, fps=None), "exactly one of k and fps"),
+        (lambda: SamplingConfig(k=4, fps=2.0), "exactly one of k and fps"),
+    ],
+)
 def test_config_errors_name_the_field(make, field):
     with pytest.raises(ValueError, match=field):
         make()
@@ -82,10 +85,13 @@ def test_config_boundaries_are_valid():
     SamplingConfig(k=None, fps=0.1)
 
 
-@pytest.mark.parametrize("call", [
-    lambda ts, d: fixed_windows(ts, d, WindowConfig()),
-    lambda ts, d: clips_from_shots([], ts, d, ShotConfig()),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda ts, d: fixed_windows(ts, d, WindowConfig()),
+        lambda ts, d: clips_from_shots([], ts, d, ShotConfig()),
+    ],
+)
 def test_bad_timestamps(call):
     with pytest.raises(ValueError, match="empty"):
         call([], 1.0)
@@ -103,10 +109,13 @@ def test_windows_without_overlap():
     assert_tiles(clips, 250)
 
 
-@pytest.mark.parametrize("min_clip, expected", [
-    (2.0, [(0, 100), (100, 200), (200, 250)]),  # the tail lasts exactly the minimum: kept
-    (2.5, [(0, 100), (100, 250)]),  # shorter: merged into the window before
-])
+@pytest.mark.parametrize(
+    "min_clip, expected",
+    [
+        (2.0, [(0, 100), (100, 200), (200, 250)]),  # the tail lasts exactly the minimum: kept
+        (2.5, [(0, 100), (100, 250)]),  # shorter: merged into the window before
+    ],
+)
 def test_last_partial_window_kept_or_merged(min_clip, expected):
     clips = fixed_windows(ts25(250), 10.0, WindowConfig(window_seconds=4, min_clip_seconds=min_clip))
     assert frames_of(clips) == expected
@@ -116,7 +125,9 @@ def test_last_partial_window_kept_or_merged(min_clip, expected):
 def test_one_frame_over_a_window():
     assert frames_of(fixed_windows(ts25(101), 4.04, WindowConfig(window_seconds=4))) == [(0, 101)]
     assert frames_of(fixed_windows(ts25(101), 4.04, WindowConfig(window_seconds=4, min_clip_seconds=0))) == [
-        (0, 100), (100, 101)]
+        (0, 100),
+        (100, 101),
+    ]
 
 
 def test_windows_with_overlap():
@@ -170,12 +181,15 @@ def test_long_video_has_no_drift():
 
 
 # ------------------------------------------------------------------ shot starts
-@pytest.mark.parametrize("threshold, expected", [
-    (0.5, [4, 8]),  # runs [2, 5) (peak 3) and [7, 8); the run [9, 10) would start a shot at N
-    (0.65, [4, 8]),
-    (0.85, [4]),
-    (0.9, []),  # a probability equal to the threshold is not above it
-])
+@pytest.mark.parametrize(
+    "threshold, expected",
+    [
+        (0.5, [4, 8]),  # runs [2, 5) (peak 3) and [7, 8); the run [9, 10) would start a shot at N
+        (0.65, [4, 8]),
+        (0.85, [4]),
+        (0.9, []),  # a probability equal to the threshold is not above it
+    ],
+)
 def test_shot_starts(threshold, expected):
     p = [0, 0.1, 0.7, 0.9, 0.6, 0, 0, 0.8, 0, 0.95]
     assert shot_starts(p, threshold) == expected
@@ -231,14 +245,17 @@ def test_min_zero_keeps_every_shot():
     assert shots([1, 2, 3], 10, min_clip=0) == [(0, 1), (1, 2), (2, 3), (3, 10)]
 
 
-@pytest.mark.parametrize("max_clip, expected", [
-    (5, [(0, 100), (100, 200), (200, 300)]),  # 12 s -> ceil(2.4) = 3 parts of 4 s
-    (4, [(0, 100), (100, 200), (200, 300)]),  # exactly 3 maximum lengths: 3 parts
-    (6, [(0, 150), (150, 300)]),
-    (12, [(0, 300)]),  # exactly the maximum: not split
-    (3.5, [(0, 75), (75, 150), (150, 225), (225, 300)]),
-    (math.inf, [(0, 300)]),
-])
+@pytest.mark.parametrize(
+    "max_clip, expected",
+    [
+        (5, [(0, 100), (100, 200), (200, 300)]),  # 12 s -> ceil(2.4) = 3 parts of 4 s
+        (4, [(0, 100), (100, 200), (200, 300)]),  # exactly 3 maximum lengths: 3 parts
+        (6, [(0, 150), (150, 300)]),
+        (12, [(0, 300)]),  # exactly the maximum: not split
+        (3.5, [(0, 75), (75, 150), (150, 225), (225, 300)]),
+        (math.inf, [(0, 300)]),
+    ],
+)
 def test_long_shot_splits_into_equal_parts(max_clip, expected):
     assert shots([], 300, min_clip=0, max_clip=max_clip) == expected
 
@@ -285,13 +302,16 @@ def test_shot_clips_tile_the_video():
 CLIP = Clip(0, 100, 0.0, 4.0)  # 4 s at 25 fps
 
 
-@pytest.mark.parametrize("clip, k, expected", [
-    (CLIP, 1, [50]),
-    (CLIP, 4, [12, 37, 62, 87]),  # centres 0.5, 1.5, ... s fall between frames: the one on screen
-    (CLIP, 5, [10, 30, 50, 70, 90]),  # centres on frames
-    (Clip(100, 200, 4.0, 8.0), 4, [112, 137, 162, 187]),
-    (Clip(0, 25, 0.0, 1.0), 5, [2, 7, 12, 17, 22]),
-])
+@pytest.mark.parametrize(
+    "clip, k, expected",
+    [
+        (CLIP, 1, [50]),
+        (CLIP, 4, [12, 37, 62, 87]),  # centres 0.5, 1.5, ... s fall between frames: the one on screen
+        (CLIP, 5, [10, 30, 50, 70, 90]),  # centres on frames
+        (Clip(100, 200, 4.0, 8.0), 4, [112, 137, 162, 187]),
+        (Clip(0, 25, 0.0, 1.0), 5, [2, 7, 12, 17, 22]),
+    ],
+)
 def test_k_uniform_frames(clip, k, expected):
     assert sample_frames(clip, ts25(250), k=k) == expected
 
@@ -303,12 +323,15 @@ def test_k_uniform_frames_centre_on_a_frame(k, expected):
     assert sample_frames(Clip(21, 37, float(ts[21]), float(ts[37])), ts, k=k) == expected
 
 
-@pytest.mark.parametrize("fps, expected", [
-    (2, [6, 18, 31, 43, 56, 68, 81, 93]),  # 8 frames, centres 0.25 + 0.5 i s
-    (0.375, [25, 75]),  # 1.5 frames rounds up to 2
-    (0.3, [50]),  # 1.2 rounds to 1
-    (0.1, [50]),  # 0.4 rounds to 0: at least 1
-])
+@pytest.mark.parametrize(
+    "fps, expected",
+    [
+        (2, [6, 18, 31, 43, 56, 68, 81, 93]),  # 8 frames, centres 0.25 + 0.5 i s
+        (0.375, [25, 75]),  # 1.5 frames rounds up to 2
+        (0.3, [50]),  # 1.2 rounds to 1
+        (0.1, [50]),  # 0.4 rounds to 0: at least 1
+    ],
+)
 def test_fps_frames(fps, expected):
     assert sample_frames(CLIP, ts25(100), fps=fps) == expected
 
@@ -346,15 +369,18 @@ def test_sampled_frames_are_sorted_inside_and_deterministic():
         assert c.start_frame <= frames[0] and frames[-1] < c.end_frame
 
 
-@pytest.mark.parametrize("clip, kwargs, match", [
-    (CLIP, {"k": 4, "fps": 2.0}, "exactly one"),
-    (CLIP, {}, "exactly one"),
-    (CLIP, {"k": 0}, "SamplingConfig.k"),
-    (CLIP, {"fps": -1.0}, "SamplingConfig.fps"),
-    (Clip(90, 101, 3.6, 4.04), {"k": 2}, "not inside"),
-    (Clip(-1, 10, 0.0, 0.4), {"k": 2}, "not inside"),
-    (Clip(5, 5, 0.2, 0.2), {"k": 2}, "not inside"),
-])
+@pytest.mark.parametrize(
+    "clip, kwargs, match",
+    [
+        (CLIP, {"k": 4, "fps": 2.0}, "exactly one"),
+        (CLIP, {}, "exactly one"),
+        (CLIP, {"k": 0}, "SamplingConfig.k"),
+        (CLIP, {"fps": -1.0}, "SamplingConfig.fps"),
+        (Clip(90, 101, 3.6, 4.04), {"k": 2}, "not inside"),
+        (Clip(-1, 10, 0.0, 0.4), {"k": 2}, "not inside"),
+        (Clip(5, 5, 0.2, 0.2), {"k": 2}, "not inside"),
+    ],
+)
 def test_sample_frames_errors(clip, kwargs, match):
     with pytest.raises(ValueError, match=match):
         sample_frames(clip, ts25(100), **kwargs)
@@ -383,8 +409,12 @@ def detector() -> ShotDetector:
 
 def global_state() -> tuple:
     """(deterministic-algorithm and cuDNN flags, torch CPU RNG state, numpy RNG state, Python RNG state)."""
-    flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    flags = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
     return flags, torch.get_rng_state(), np.random.get_state(), random.getstate()
 
 
@@ -411,9 +441,13 @@ def test_detector_keeps_global_state(deterministic):
 def test_detector_rejects_bad_arguments(detector):
     with pytest.raises(ValueError, match="batch_size"):
         ShotDetector(batch_size=0)
-    for bad in (torch.zeros(5, 27, 48, dtype=torch.uint8), torch.zeros(5, 28, 48, 3, dtype=torch.uint8),
-                torch.zeros(5, 48, 27, 3, dtype=torch.uint8), torch.zeros(5, 27, 48, 3),
-                torch.zeros(1, 5, 27, 48, 3, dtype=torch.uint8)):
+    for bad in (
+        torch.zeros(5, 27, 48, dtype=torch.uint8),
+        torch.zeros(5, 28, 48, 3, dtype=torch.uint8),
+        torch.zeros(5, 48, 27, 3, dtype=torch.uint8),
+        torch.zeros(5, 27, 48, 3),
+        torch.zeros(1, 5, 27, 48, 3, dtype=torch.uint8),
+    ):
         with pytest.raises(ValueError, match=r"\[N, 27, 48, 3\] uint8"):
             detector.predict(bad)
     with pytest.raises(ValueError, match="empty"):
@@ -475,8 +509,10 @@ def test_real_video_cuts(detector):
 @pytest.mark.slow
 def test_predict_many_finds_the_cuts_of_scoring_alone(detector):
     """Short videos packed into one stream: same cuts as scoring each alone, scores split back per video."""
-    videos = [resize(torch.from_numpy(scene_frames(lengths)), ShotDetector.SIZE)
-              for lengths in ((12, 15), (20, 9, 14), (7,), (30, 25))]
+    videos = [
+        resize(torch.from_numpy(scene_frames(lengths)), ShotDetector.SIZE)
+        for lengths in ((12, 15), (20, 9, 14), (7,), (30, 25))
+    ]
     packed = detector.predict_many(videos)
     assert [len(p) for p in packed] == [len(v) for v in videos]
     assert [shot_starts(p) for p in packed] == [shot_starts(detector.predict(v)) for v in videos]

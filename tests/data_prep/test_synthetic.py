@@ -56,7 +56,7 @@ def test_render_moves_each_shape_the_stated_way():
         frames = render(spec, config)
         assert frames.shape == (spec.num_frames, 96, 128, 3) and frames.dtype == np.uint8
         for scene in spec.scenes:
-            mask = (frames[scene.start_frame:scene.end_frame] == COLOURS[scene.colour]).all(-1)
+            mask = (frames[scene.start_frame : scene.end_frame] == COLOURS[scene.colour]).all(-1)
             ys, xs = zip(*(np.nonzero(m) for m in mask))
             centre = np.array([[x.mean(), y.mean()] for x, y in zip(xs, ys)])
             step = centre[-1] - centre[0]
@@ -117,9 +117,19 @@ def test_generate_completes_a_partial_corpus_bit_exactly(corpus, tmp_path):
     assert (copy / "msrvtt.json").read_text() == (root / "msrvtt.json").read_text()
 
 
-@pytest.mark.parametrize("field, value", [("num_videos", 0), ("height", 31), ("fps", 0), ("min_scenes", 1),
-                                          ("max_scenes", 7), ("min_scene_seconds", 0.1),
-                                          ("captions_per_video", 4), ("questions_per_video", 5)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("num_videos", 0),
+        ("height", 31),
+        ("fps", 0),
+        ("min_scenes", 1),
+        ("max_scenes", 7),
+        ("min_scene_seconds", 0.1),
+        ("captions_per_video", 4),
+        ("questions_per_video", 5),
+    ],
+)
 def test_config_validation(field, value):
     with pytest.raises(ValueError, match="CorpusConfig"):
         CorpusConfig(**{field: value})

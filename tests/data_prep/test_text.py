@@ -13,16 +13,21 @@ from data_prep.text import (
 from mmhsa.encoders import TokenEncoder
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Hello world. How are you? Fine!", ["Hello world.", "How are you?", "Fine!"]),
-    ("Dr. Smith paid 3.5 dollars, e.g. a coffee. Then he left.",
-     ["Dr. Smith paid 3.5 dollars, e.g. a coffee.", "Then he left."]),
-    ('He said "stop." She stopped.', ['He said "stop."', "She stopped."]),
-    ("No final punctuation", ["No final punctuation"]),
-    ("Wait... what?! Yes.", ["Wait...", "what?!", "Yes."]),
-    ("Ça va ? Très bien. 日本語の文。次の文！", ["Ça va ?", "Très bien.", "日本語の文。", "次の文！"]),
-    ("   ", []),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Hello world. How are you? Fine!", ["Hello world.", "How are you?", "Fine!"]),
+        (
+            "Dr. Smith paid 3.5 dollars, e.g. a coffee. Then he left.",
+            ["Dr. Smith paid 3.5 dollars, e.g. a coffee.", "Then he left."],
+        ),
+        ('He said "stop." She stopped.', ['He said "stop."', "She stopped."]),
+        ("No final punctuation", ["No final punctuation"]),
+        ("Wait... what?! Yes.", ["Wait...", "what?!", "Yes."]),
+        ("Ça va ? Très bien. 日本語の文。次の文！", ["Ça va ?", "Très bien.", "日本語の文。", "次の文！"]),
+        ("   ", []),
+    ],
+)
 def test_split_sentences(text, expected):
     assert split_sentences(text) == expected
 
@@ -66,10 +71,13 @@ def test_parse_srt_and_vtt():
     assert [(c.start, c.end, c.text) for c in vtt] == [(1.0, 2.5, "First cue."), (3.0, 4.0, "Second.")]
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("1\n00:00:01,000 --> 00:00:00,500\nx\n", "line 2: cue ends"),
-    ("1\n00:00:xx,000 --> 00:00:02,000\nx\n", "line 2: bad timestamp"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("1\n00:00:01,000 --> 00:00:00,500\nx\n", "line 2: cue ends"),
+        ("1\n00:00:xx,000 --> 00:00:02,000\nx\n", "line 2: bad timestamp"),
+    ],
+)
 def test_parse_subtitles_errors_name_the_line(bad, message):
     with pytest.raises(ValueError, match=message):
         parse_subtitles(bad, name="talk.srt")
@@ -79,7 +87,10 @@ def test_cues_align_to_clips():
     clips = [(0.0, 2.2), (2.2, 5.0), (5.0, 8.0)]
     sections = sections_from_cues(parse_subtitles(SRT), clips)
     assert [(s.start_time, [x.text for x in s.sentences]) for s in sections] == [
-        (0.0, ["Hello there."]), (2.2, ["A second cue over two lines."]), (5.0, ["Late cue."])]
+        (0.0, ["Hello there."]),
+        (2.2, ["A second cue over two lines."]),
+        (5.0, ["Late cue."]),
+    ]
     with pytest.raises(ValueError, match="no clips"):
         sections_from_cues([], [])
 

@@ -47,10 +47,15 @@ def test_backends_give_the_same_pixels(mp4):
 
 
 @pytest.mark.parametrize("backend", DECODERS)
-@pytest.mark.parametrize("name, codec, pix_fmt", [
-    ("seek.mp4", "libx264", "yuv420p"), ("seek.mkv", "libx264", "yuv420p"),
-    ("seek.webm", "libvpx-vp9", "yuv420p"), ("seek.avi", "mpeg4", "yuv420p"),
-])
+@pytest.mark.parametrize(
+    "name, codec, pix_fmt",
+    [
+        ("seek.mp4", "libx264", "yuv420p"),
+        ("seek.mkv", "libx264", "yuv420p"),
+        ("seek.webm", "libvpx-vp9", "yuv420p"),
+        ("seek.avi", "mpeg4", "yuv420p"),
+    ],
+)
 def test_random_access_equals_sequential_decoding(make_video, backend, name, codec, pix_fmt):
     path = make_video(name, codec=codec, pix_fmt=pix_fmt, options={"g": "8"})
     video = open_video(path, backend)
@@ -121,8 +126,24 @@ def test_rotation_metadata(make_video, backend, rotation):
 def test_rotation_matches_ffmpeg_player(make_video, backend):
     """FFmpeg's command line turns frames upright by default: the same picture a player shows."""
     path = make_video("rot90.mp4", indexed_frames(4, 32, 64), rotation=90)
-    shown = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-frames:v", "1",
-                            "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+    shown = subprocess.run(
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-v",
+            "error",
+            "-i",
+            str(path),
+            "-frames:v",
+            "1",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
     shown = torch.frombuffer(bytearray(shown), dtype=torch.uint8).reshape(64, 32, 3)
     assert (open_video(path, backend).frames([0])[0].int() - shown.int()).abs().max() <= 2
 
@@ -199,18 +220,22 @@ def bad(media, mp4, make_video):
         "text": (folder / "notes.mp4", "not a media file"),
         "audio": (folder / "speech.m4a", r"no video stream \(it has only audio\)"),
         "cut_index": (folder / "cut_index.mp4", "truncated or corrupt MP4/MOV file: FFmpeg cannot read its header"),
-        "cut_data": (folder / "cut_data.mp4",
-                     rf"truncated or corrupt: the container lists {N_FRAMES} frames but the data breaks off at frame \d+"),
-        "cut_mkv": (folder / "cut.mkv", r"truncated or corrupt: the container says the video lasts 1.920 s but its "
-                                        r"frames end at \d\.\d+ s"),
+        "cut_data": (
+            folder / "cut_data.mp4",
+            rf"truncated or corrupt: the container lists {N_FRAMES} frames but the data breaks off at frame \d+",
+        ),
+        "cut_mkv": (
+            folder / "cut.mkv",
+            r"truncated or corrupt: the container says the video lasts 1.920 s but its "
+            r"frames end at \d\.\d+ s",
+        ),
         "missing": (folder / "nothing here.mp4", "no such file"),
         "directory": (folder, "is a directory, not a video file"),
     }
 
 
 @pytest.mark.parametrize("backend", ["decord", "pyav", "auto"])
-@pytest.mark.parametrize("case", ["empty", "text", "audio", "cut_index", "cut_data", "cut_mkv", "missing",
-                                  "directory"])
+@pytest.mark.parametrize("case", ["empty", "text", "audio", "cut_index", "cut_data", "cut_mkv", "missing", "directory"])
 def test_bad_inputs_raise_video_error(bad, backend, case):
     path, message = bad[case]
     with pytest.raises(VideoError, match=message) as error:
@@ -233,7 +258,7 @@ def overwrite_packet(path, frame: int, out_name: str):
         packets = sorted((p.pts, p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size)
     _, position, size = packets[frame]
     data = bytearray(path.read_bytes())
-    data[position:position + size] = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+    data[position : position + size] = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
     corrupt = path.with_name(out_name)
     corrupt.write_bytes(bytes(data))
     return corrupt

@@ -49,7 +49,7 @@ def scene_frames(lengths: tuple[int, ...], height: int = 90, width: int = 160) -
                 frame = np.zeros((height, width, 3), int)
                 frame[..., 2] = 120
                 left = (10 + 2 * t) % (width - 20)
-                frame[height // 3: height // 3 + 20, left:left + 20] = 255
+                frame[height // 3 : height // 3 + 20, left : left + 20] = 255
             else:
                 v = (y + 2 * t) // 6 % 2 + 0 * x
                 frame = np.stack([v * 220, (1 - v) * 220, np.full_like(v, 30)], -1)
@@ -57,10 +57,19 @@ def scene_frames(lengths: tuple[int, ...], height: int = 90, width: int = 160) -
     return np.stack(frames).astype(np.uint8)
 
 
-def write_video(path: Path, frames: np.ndarray, *, fps: int = 25, codec: str = "libx264",
-                pix_fmt: str = "yuv420p", rotation: int | None = None, pts_ms: list[int] | None = None,
-                options: dict[str, str] | None = None, container_options: dict[str, str] | None = None,
-                container_format: str | None = None) -> Path:
+def write_video(
+    path: Path,
+    frames: np.ndarray,
+    *,
+    fps: int = 25,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    rotation: int | None = None,
+    pts_ms: list[int] | None = None,
+    options: dict[str, str] | None = None,
+    container_options: dict[str, str] | None = None,
+    container_format: str | None = None,
+) -> Path:
     """Encode frames ([T, H, W, 3] RGB, or [T, H, W] grey) into ``path``.
 
     Args:

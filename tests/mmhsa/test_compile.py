@@ -50,8 +50,9 @@ def values_and_grads(fn, q, k, v):
 def test_torch_backend_is_one_graph(include_self):
     h = irregular()
     q, k, v, pos = inputs(h)
-    explained = dynamo.explain(lambda q, k, v: hsa(q, k, v, h, pos=pos, include_self=include_self,
-                                                   backend="torch"))(q, k, v)
+    explained = dynamo.explain(lambda q, k, v: hsa(q, k, v, h, pos=pos, include_self=include_self, backend="torch"))(
+        q, k, v
+    )
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 

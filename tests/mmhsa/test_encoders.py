@@ -24,8 +24,14 @@ def test_shipped_efficientnet_weights_are_real_imagenet_weights():
     model.load_state_dict(_lite0_state_dict(model))
     model.eval()
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    photos = torch.stack([F.interpolate(_image(n).permute(2, 0, 1)[None].float() / 255, size=(224, 224),
-                                        mode="bilinear", antialias=True)[0] for n in ("chelsea", "coffee")])
+    photos = torch.stack(
+        [
+            F.interpolate(
+                _image(n).permute(2, 0, 1)[None].float() / 255, size=(224, 224), mode="bilinear", antialias=True
+            )[0]
+            for n in ("chelsea", "coffee")
+        ]
+    )
     with torch.no_grad():
         top5 = model((photos - mean) / std).topk(5).indices
     assert set(top5[0].tolist()) & {281, 282, 283, 284, 285}  # tabby / tiger / Persian / Siamese / Egyptian cat
@@ -53,20 +59,26 @@ def test_timm_vit_patch_tokens():
 def test_open_clip_vit_patch_tokens(tmp_path):
     import open_clip
 
-    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 1, "width": 64, "patch_size": 16},
-           "text_cfg": {"context_length": 8, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1}}
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 64, "layers": 1, "width": 64, "patch_size": 16},
+        "text_cfg": {"context_length": 8, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1},
+    }
     (tmp_path / "mmhsa-tiny-vit.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(tmp_path / "mmhsa-tiny-vit.json")
     enc = PatchEncoder(PatchEncoderConfig(source="open_clip", name="mmhsa-tiny-vit", weights="random", image_size=64))
     assert enc.grid == (4, 4) and enc.dim == 64
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(source="keras"), "source"),
-    (dict(image_size=8), "image_size"),
-    (dict(batch_size=0), "batch_size"),
-    (dict(name="vit_base_patch16_224"), "no weights ship"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(source="keras"), "source"),
+        (dict(image_size=8), "image_size"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(name="vit_base_patch16_224"), "no weights ship"),
+    ],
+)
 def test_config_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PatchEncoderConfig(**kwargs)
@@ -84,8 +96,11 @@ def tiny_clip_text(tmp_path_factory):
     import open_clip
 
     path = tmp_path_factory.mktemp("clip") / "mmhsa-tiny-text.json"
-    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
-           "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    cfg = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+        "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
     path.write_text(json.dumps(cfg))
     open_clip.add_model_config(path)
     return "mmhsa-tiny-text"

@@ -67,6 +67,7 @@ def test_fp32_operator_both_paths(path, seed):
     q, k, v = (torch.randn(h.num_leaves, 2, 16, generator=g) for _ in range(3))
     pos = torch.randn(h.num_nodes, 4, generator=g) if seed % 2 else None
     out = hsa(q, k, v, h, pos=pos, include_self=seed % 3 == 0)
-    ref = hsa_reference(*(x.double() for x in (q, k, v)), h, pos=None if pos is None else pos.double(),
-                        include_self=seed % 3 == 0)
+    ref = hsa_reference(
+        *(x.double() for x in (q, k, v)), h, pos=None if pos is None else pos.double(), include_self=seed % 3 == 0
+    )
     torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=2e-5)

@@ -85,8 +85,7 @@ def test_windows_partial_and_levels():
 
 
 def test_regular_video_grid():
-    h = Hierarchy.regular([2, 3, (2, 2)], kinds=["video", "clip", "frame", "patch"],
-                          domains=["time", "index", "grid"])
+    h = Hierarchy.regular([2, 3, (2, 2)], kinds=["video", "clip", "frame", "patch"], domains=["time", "index", "grid"])
     assert h.num_leaves == 24 and h.num_nodes == 1 + 2 + 6 + 24
     assert torch.bincount(h.depth).tolist() == [1, 2, 6, 24]
     kinds = h.kinds_of()
@@ -96,8 +95,10 @@ def test_regular_video_grid():
     assert set(h.domain[patches].tolist()) == {DOMAINS.index("grid")}
     frames = torch.nonzero(h.depth == 2).flatten()
     assert h.coord[frames, 0].tolist() == [0, 1, 2, 0, 1, 2]
-    assert h.to_nested() == [[[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]],
-                             [[12, 13, 14, 15], [16, 17, 18, 19], [20, 21, 22, 23]]]
+    assert h.to_nested() == [
+        [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]],
+        [[12, 13, 14, 15], [16, 17, 18, 19], [20, 21, 22, 23]],
+    ]
 
 
 def test_batch_and_join():
@@ -160,10 +161,10 @@ def test_plan_invariants(seed):
     # families are contiguous segments that tile the non-root positions exactly once
     covered = torch.zeros(m, dtype=torch.long)
     for start, size in zip(p.family_start.tolist(), p.family_size.tolist()):
-        members = p.node[start:start + size]
+        members = p.node[start : start + size]
         assert len(set(h.parent[members].tolist())) == 1
-        covered[start:start + size] += 1
-    assert covered[: p.level_ptr[1]].sum() == 0 and torch.all(covered[p.level_ptr[1]:] == 1)
+        covered[start : start + size] += 1
+    assert covered[: p.level_ptr[1]].sum() == 0 and torch.all(covered[p.level_ptr[1] :] == 1)
     for d in range(1, p.num_levels):  # each level's families: a reshape, or buckets covering every node once
         layout, count = p.families[d], p.level_ptr[d + 1] - p.level_ptr[d]
         sizes = p.family_size[(p.family_start >= p.level_ptr[d]) & (p.family_start < p.level_ptr[d + 1])]
@@ -198,6 +199,7 @@ def test_metadata_validation():
         Hierarchy.from_parents([-1, 0], coords=np.zeros((3, 2)))
     with pytest.raises(ValueError, match="kinds"):
         Hierarchy.from_parents([-1, 0], kinds=["a"])
-    h = Hierarchy.from_parents([-1, 0, 0], kinds=["doc", "tok", "tok"], domains=["set", "index", "index"],
-                               coords=[0, 0, 1])
+    h = Hierarchy.from_parents(
+        [-1, 0, 0], kinds=["doc", "tok", "tok"], domains=["set", "index", "index"], coords=[0, 0, 1]
+    )
     assert h.kinds_of() == ["doc", "tok", "tok"] and h.coord[:, 0].tolist() == [0, 0, 1]

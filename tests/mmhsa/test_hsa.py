@@ -115,7 +115,7 @@ def test_rows_sum_to_one_and_blocks_are_constant(seed):
     for a in range(h.num_nodes):
         for b in range(h.num_nodes):
             if a != b and parent[a] == parent[b] >= 0:
-                block = theta[:, start[a]:end[a], start[b]:end[b]]
+                block = theta[:, start[a] : end[a], start[b] : end[b]]
                 assert (block.amax((1, 2)) - block.amin((1, 2))).abs().max() < 1e-14
 
 
@@ -193,19 +193,23 @@ def test_perturbations_never_lower_the_kl(seed):
     g = torch.Generator().manual_seed(seed)
     m = h.num_nodes
     for trial in range(40):
-        other = nested_stochastic(h, 2 * torch.randn(m, generator=g, dtype=F64),
-                                  2 * torch.randn(m, m, generator=g, dtype=F64), include_self)
+        other = nested_stochastic(
+            h, 2 * torch.randn(m, generator=g, dtype=F64), 2 * torch.randn(m, m, generator=g, dtype=F64), include_self
+        )
         eps = [1.0, 0.1, 1e-3][trial % 3]
         mixed = (1 - eps) * theta + eps * other
         assert torch.allclose(mixed.sum(-1), theta.sum(-1), atol=1e-12)
         assert total_kl(mixed, target) >= best - 1e-12
 
 
-@pytest.mark.parametrize("tree, include_self", [
-    ([[0, 1, 2], [[3, 4], [5, 6, 7]], [8, 9]], False),
-    ([[0, 1], [2, [3, 4, 5]], [[6]]], True),
-    ([[[0, 1], [2]], [3, 4, 5, 6]], False),
-])
+@pytest.mark.parametrize(
+    "tree, include_self",
+    [
+        ([[0, 1, 2], [[3, 4], [5, 6, 7]], [8, 9]], False),
+        ([[0, 1], [2, [3, 4, 5]], [[6]]], True),
+        ([[[0, 1], [2]], [3, 4, 5, 6]], False),
+    ],
+)
 def test_theta_is_the_kl_minimiser(tree, include_self):
     """Brute force: minimise the total KL over all block-constrained stochastic matrices (L-BFGS)."""
     h = Hierarchy.from_nested(tree)
@@ -213,8 +217,9 @@ def test_theta_is_the_kl_minimiser(tree, include_self):
     target = flat_target(h, q, k, None, include_self)[0]
     stay = torch.zeros(h.num_nodes, dtype=F64, requires_grad=True)
     split = torch.zeros(h.num_nodes, h.num_nodes, dtype=F64, requires_grad=True)
-    opt = torch.optim.LBFGS([stay, split], max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [stay, split], max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe"
+    )
 
     def closure():
         opt.zero_grad()
@@ -277,8 +282,12 @@ def test_chain_changes_nothing():
     chained = Hierarchy.from_nested([[[[0, 1, 2]]], [[[[3, 4]]], [5, 6, 7]], [[8, [9]]]])
     q, k, v, _ = inputs(plain)
     for include_self in (False, True):
-        torch.testing.assert_close(hsa(q, k, v, chained, include_self=include_self),
-                                   hsa(q, k, v, plain, include_self=include_self), rtol=0, atol=1e-13)
+        torch.testing.assert_close(
+            hsa(q, k, v, chained, include_self=include_self),
+            hsa(q, k, v, plain, include_self=include_self),
+            rtol=0,
+            atol=1e-13,
+        )
 
 
 def test_permuting_an_unordered_family_permutes_only_its_leaves():
@@ -292,7 +301,7 @@ def test_permuting_an_unordered_family_permutes_only_its_leaves():
 
 
 # ---------------------------------------------------------------- low precision
-LOW = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
+LOW = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -157,12 +157,19 @@ def test_text_hierarchy_maps_word_pieces_to_sentences(minilm):
     pieces = tokenizer.convert_ids_to_tokens(tokenizer(text)["input_ids"])
     sections = [[s.text for s in sec.sentences] for sec in sections_from_paragraphs(text)]
     tree = text_hierarchy(text, offsets, sections)
-    words = [[[pieces[i] for i in sentence] for sentence in section] if isinstance(section, list) else pieces[section]
-             for section in tree.to_nested()]
-    assert words == ["[CLS]", [["dr", ".", "smith", "arrived", "."], ["it", "rained", "!"]],
-                     [["then", "the", "sun", "came", "out", "."]], "[SEP]"]
-    one = text_hierarchy("A b. C d.", tokenizer("A b. C d.", return_offsets_mapping=True)["offset_mapping"],
-                         [["A b.", "C d."]])
+    words = [
+        [[pieces[i] for i in sentence] for sentence in section] if isinstance(section, list) else pieces[section]
+        for section in tree.to_nested()
+    ]
+    assert words == [
+        "[CLS]",
+        [["dr", ".", "smith", "arrived", "."], ["it", "rained", "!"]],
+        [["then", "the", "sun", "came", "out", "."]],
+        "[SEP]",
+    ]
+    one = text_hierarchy(
+        "A b. C d.", tokenizer("A b. C d.", return_offsets_mapping=True)["offset_mapping"], [["A b.", "C d."]]
+    )
     assert one.to_nested() == [0, [1, 2, 3], [4, 5, 6], 7]  # one section: root -> sentences
     with pytest.raises(ValueError, match="not found"):
         text_hierarchy(text, offsets, [["Something else entirely."]])
@@ -186,7 +193,7 @@ def test_attention_flops_formula():
     nodes = 1 + 2 + 510 + 255 + 64 + 8
     expected = families * 2 * d + (nodes - 1) * 4 * d + 512 * 2 * d
     cost = attention_flops(tree, heads, d)
-    assert cost.hsa == 2 * heads * expected and cost.softmax == 2 * heads * 512 ** 2 * 2 * d
+    assert cost.hsa == 2 * heads * expected and cost.softmax == 2 * heads * 512**2 * 2 * d
     assert cost.saved > 0.95
     forest = attention_flops(Hierarchy.batch([tree, tree]), heads, d)
     assert forest.hsa == 2 * cost.hsa and forest.softmax == 2 * cost.softmax
@@ -200,8 +207,9 @@ def tiny_vits():
 
     torch.manual_seed(0)
     timm_vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=0)
-    clip_vit = open_clip.transformer.VisionTransformer(image_size=32, patch_size=8, width=32, layers=2, heads=2,
-                                                       mlp_ratio=2.0, output_dim=16)
+    clip_vit = open_clip.transformer.VisionTransformer(
+        image_size=32, patch_size=8, width=32, layers=2, heads=2, mlp_ratio=2.0, output_dim=16
+    )
     images = torch.randn(3, 3, 32, 32)
     return {"timm": timm_vit.double().eval(), "open_clip": clip_vit.double().eval()}, images.double()
 
@@ -270,8 +278,9 @@ def test_bad_layers_and_unsupported_models(minilm, tiny_vits):
         assert model.encoder.layer[4].attention.self.config is model.config  # the failed injection undid layer 4
     from transformers import BertConfig, BertModel
 
-    decoder = BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                                   is_decoder=True))
+    decoder = BertModel(
+        BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, is_decoder=True)
+    )
     with pytest.raises(TypeError, match="causal"):
         hsa_attention(decoder, [0], window_hierarchy)
 
@@ -282,8 +291,11 @@ def test_hierarchy_that_does_not_fit_the_sequence(minilm):
     lengths = enc["attention_mask"].sum(1).tolist()
     wrong = [window_hierarchy(lengths[0]), window_hierarchy(lengths[1] + 2)]
     with hsa_attention(model, [-2, -1], wrong) as injection, torch.no_grad():
-        with pytest.raises(ValueError, match=rf"layer 4 \(encoder.layer.4.attention.self\), sample 1: the hierarchy "
-                                             rf"has {lengths[1] + 2} leaves but the sequence has {lengths[1]} real"):
+        with pytest.raises(
+            ValueError,
+            match=rf"layer 4 \(encoder.layer.4.attention.self\), sample 1: the hierarchy "
+            rf"has {lengths[1] + 2} leaves but the sequence has {lengths[1]} real",
+        ):
             model(**enc)
         injection.hierarchy = wrong[:1]
         with pytest.raises(ValueError, match="1 hierarchies given for a batch of 2"):
@@ -295,8 +307,9 @@ def test_hierarchy_that_does_not_fit_the_sequence(minilm):
 def test_causal_text_tower_is_refused_at_forward():
     import open_clip.transformer
 
-    text = open_clip.transformer.TextTransformer(context_length=8, vocab_size=50, width=16, heads=2, layers=1,
-                                                 output_dim=8)
+    text = open_clip.transformer.TextTransformer(
+        context_length=8, vocab_size=50, width=16, heads=2, layers=1, output_dim=8
+    )
     with hsa_attention(text, [0], flat_hierarchy), pytest.raises(ValueError, match="causal text tower"):
         text(torch.randint(0, 50, (2, 8)))
 
@@ -319,5 +332,7 @@ def test_bench_inject_smoke(tmp_path, monkeypatch):
     assert [r["hierarchy"] for r in saved["text"]] == ["windows", "sentences"]
     for row in saved["text"]:
         assert row["layers"] == [4, 5] and 0.5 < row["cos_mean"] <= 1 and 0.8 < row["saved"] < 1
-    assert saved["meta"]["texts"] == 3 and 128 <= saved["meta"]["tokens"]["min"] <= saved["meta"]["tokens"]["max"] <= 200
+    assert (
+        saved["meta"]["texts"] == 3 and 128 <= saved["meta"]["tokens"]["min"] <= saved["meta"]["tokens"]["max"] <= 200
+    )
     assert saved == json.loads(json.dumps(result))

@@ -32,7 +32,9 @@ def test_modality_specific_projections():
 
 
 def test_position_encoder_domains():
-    video = Hierarchy.regular([2, 3, (2, 2)], kinds=["video", "clip", "frame", "patch"], domains=["time", "index", "grid"])
+    video = Hierarchy.regular(
+        [2, 3, (2, 2)], kinds=["video", "clip", "frame", "patch"], domains=["time", "index", "grid"]
+    )
     question = Hierarchy.from_parents([-1, 0, 0, 0], domains=["set", "set", "set", "set"])
     sample = Hierarchy.join([video, question], keys=["video", "question"])
     enc = PositionEncoder(heads=2, dim=4, keys=["video", "question", "answer_0"])
@@ -141,7 +143,7 @@ def test_sinusoid_periods():
     x = torch.tensor([0.0, 0.05])
     f = sinusoid(x, 8, max_period=100.0, min_period=0.1)  # frequencies 10, ..., 10 / 1000 ** (3 / 4) rad per unit
     torch.testing.assert_close(f[1, 0], torch.sin(torch.tensor(0.5)))
-    torch.testing.assert_close(f[1, 3], torch.sin(torch.tensor(0.05 * 10 / 1000 ** 0.75)))
+    torch.testing.assert_close(f[1, 3], torch.sin(torch.tensor(0.05 * 10 / 1000**0.75)))
     torch.testing.assert_close(sinusoid(x, 8, 100.0), sinusoid(x, 8, 100.0, 1.0))  # the default shortest period: 1
 
 
@@ -168,8 +170,9 @@ def test_frame_differences_make_a_clip_mean_see_motion_with_cells_alone():
     forward, backward = torch.cat(frames), torch.cat(frames[::-1])
     modality = torch.zeros(6, dtype=torch.long)
     for differences, differ in (((), False), (("video",), True)):
-        enc = HierarchicalEncoder({"video": 6}, dim=8, depth=0, heads=2, pos_dim=0, content_position=True,
-                                  difference_modalities=differences)
+        enc = HierarchicalEncoder(
+            {"video": 6}, dim=8, depth=0, heads=2, pos_dim=0, content_position=True, difference_modalities=differences
+        )
         enc.norm = torch.nn.Identity()
         means = [enc({"video": x}, modality, clip).mean(0) for x in (forward, backward)]
         assert (not torch.allclose(means[0], means[1], atol=1e-6)) == differ

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not triton_available(DEVICE), reason="Triton can
 F64 = torch.float64
 # bf16 is silently wrong in the interpreter: GPU only.
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE.type == "cuda" else [])
-ROUNDING = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
+ROUNDING = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 
 
 def odd_families() -> Hierarchy:
@@ -34,8 +34,12 @@ def seventeen() -> Hierarchy:
     return Hierarchy.batch([Hierarchy.windows(60, (17,)), random_hierarchy(3)])
 
 
-TREES = {"odd_families": odd_families, "seventeen": seventeen,
-         "random_a": lambda: random_hierarchy(11), "random_b": lambda: random_hierarchy(42)}
+TREES = {
+    "odd_families": odd_families,
+    "seventeen": seventeen,
+    "random_a": lambda: random_hierarchy(11),
+    "random_b": lambda: random_hierarchy(42),
+}
 
 
 def make_inputs(h, heads, d, dv, seed, pos_dim=0):
@@ -54,8 +58,7 @@ def run(backend, h, q, k, v, pos, dtype, include_self, weight):
     xs = [x.detach().to(DEVICE, dtype).requires_grad_() for x in (q, k, v)]
     if pos is not None:
         xs.append(pos.detach().to(DEVICE, dtype).requires_grad_())
-    out = hsa(*xs[:3], h.to(DEVICE), pos=xs[3] if pos is not None else None, include_self=include_self,
-              backend=backend)
+    out = hsa(*xs[:3], h.to(DEVICE), pos=xs[3] if pos is not None else None, include_self=include_self, backend=backend)
     (out.float() * weight.to(DEVICE)).sum().backward()
     return [t.detach().to("cpu", F64) for t in [out] + [x.grad for x in xs]]
 
@@ -96,8 +99,9 @@ def test_low_precision_error_rule(dtype, tree):
         assert err <= 2 * err_base + floor, f"{name}: {err:.3g} > 2 x {err_base:.3g} + {floor:.3g}"
 
 
-@pytest.mark.parametrize("dtype, block_d", [(torch.float32, 64), (torch.float32, 128), (torch.bfloat16, 64),
-                                           (torch.bfloat16, 128)])
+@pytest.mark.parametrize(
+    "dtype, block_d", [(torch.float32, 64), (torch.float32, 128), (torch.bfloat16, 64), (torch.bfloat16, 128)]
+)
 def test_block_tables_cover_every_family_row(dtype, block_d):
     """Every row of every family of 2+ children is in exactly one block, in the bucket of its size."""
     from mmhsa.attention.triton import block_tables, buckets
@@ -109,11 +113,11 @@ def test_block_tables_cover_every_family_row(dtype, block_d):
     for bucket, starts, sizes, rows in block_tables(h.plan, table):
         assert bucket.largest is None or sizes.max() <= bucket.largest
         for s, n, r in zip(starts.tolist(), sizes.tolist(), rows.tolist()):
-            covered[s + r: s + min(r + bucket.block, n)] += 1
+            covered[s + r : s + min(r + bucket.block, n)] += 1
     expected = torch.zeros(h.num_nodes, dtype=torch.long)
     for s, n in zip(h.plan.family_start.tolist(), h.plan.family_size.tolist()):
         if n > 1:  # only children attend to nothing: no block
-            expected[s:s + n] = 1
+            expected[s : s + n] = 1
     assert torch.equal(covered, expected)
 
 
@@ -193,6 +197,7 @@ def count_dispatches(h):
                     return self.kernel[grid](*args, **kwargs)
                 finally:
                     counter.inside = False
+
             return launch
 
     q, k, v = (torch.randn(h.num_leaves, 2, 16, device=DEVICE, requires_grad=True) for _ in range(3))
@@ -214,9 +219,11 @@ def test_dispatches_depend_on_depth_not_size():
     """The torch side loops over depth only: a 4-level video tree dispatches the same ops at 32 and at
     1,568 leaves, within a budget (79 forward and 130 backward when set: more means more GPU launches
     per call), plus one kernel launch per family-size bucket forward and two backward."""
+
     def video(clips, frames, side):
-        return Hierarchy.regular([clips, frames, (side, side)], kinds=["video", "clip", "frame", "patch"],
-                                 domains=["time", "index", "grid"]).to(DEVICE)
+        return Hierarchy.regular(
+            [clips, frames, (side, side)], kinds=["video", "clip", "frame", "patch"], domains=["time", "index", "grid"]
+        ).to(DEVICE)
 
     (small_fwd, small_launches), (small_bwd, small_bwd_launches) = count_dispatches(video(2, 4, 2))
     (fwd, launches), (bwd, bwd_launches) = count_dispatches(video(4, 8, 7))

@@ -41,7 +41,8 @@ def test_every_launch_configuration_compiles_for_each_architecture(rows):
     for arch in (80, 86, 90):
         mine = [r for r in rows if r["arch"] == arch]
         assert {(r["dtype"], r["head_dim"], r["kernel"]) for r in mine} == {
-            (d, h, k) for d in ("fp16", "bf16", "fp32") for h in HEAD_DIMS for k in ("fwd", "bwd_dkdv", "bwd_dq")}
+            (d, h, k) for d in ("fp16", "bf16", "fp32") for h in HEAD_DIMS for k in ("fwd", "bwd_dkdv", "bwd_dq")
+        }
 
 
 def test_no_register_spills(rows):
@@ -56,8 +57,10 @@ def test_shared_memory_fits(rows):
 
 def compiled(call: str) -> str:
     """Run ``compile_usage(...)`` (written as ``call``) outside the interpreter; its printed result."""
-    code = ("import torch; from mmhsa.attention.triton.resources import compile_usage, KERNELS;"
-            f"from mmhsa.attention.triton.launch import Bucket; print({call})")
+    code = (
+        "import torch; from mmhsa.attention.triton.resources import compile_usage, KERNELS;"
+        f"from mmhsa.attention.triton.launch import Bucket; print({call})"
+    )
     return outside_interpreter("-c", code).strip().splitlines()[-1]
 
 
@@ -70,8 +73,9 @@ def test_the_check_catches_a_spilling_configuration():
 @pytest.mark.parametrize("kernel", ["fwd", "bwd_dkdv", "bwd_dq"])
 def test_wide_offsets_compile(kernel):
     """The 64-bit-offset variant (tensors of 2^31+ elements) compiles for sm_90 (it may spill: rare, correct)."""
-    assert "registers" in compiled(f"compile_usage(KERNELS['{kernel}'], torch.bfloat16, 64, Bucket(None, 32, 8), 90, "
-                                   "wide=True)")
+    assert "registers" in compiled(
+        f"compile_usage(KERNELS['{kernel}'], torch.bfloat16, 64, Bucket(None, 32, 8), 90, wide=True)"
+    )
 
 
 def test_refuses_to_run_under_the_interpreter():

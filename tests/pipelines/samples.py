@@ -30,16 +30,23 @@ def qa_sample(i: int, candidates: int = 5):
     signal = torch.zeros(candidates)
     signal[answer] = 4.0
     texts = {"question": text(g, 4)} | {f"answer_{k}": text(g, 1 + k % 3) for k in range(candidates)}
-    return assemble(f"q{i}", video=video(g, 1 + i % 3, signal), texts=texts,
-                    meta={"split": SPLITS[i % 8], "answer": answer, "type": ["direction", "next"][i % 2]})
+    return assemble(
+        f"q{i}",
+        video=video(g, 1 + i % 3, signal),
+        texts=texts,
+        meta={"split": SPLITS[i % 8], "answer": answer, "type": ["direction", "next"][i % 2]},
+    )
 
 
 def caption_sample(i: int):
     g = torch.Generator().manual_seed(100 + i)
-    captions = TextLeaves([[torch.randn(3 + i % 2, T, generator=g).half()], [torch.randn(2, T, generator=g).half(),
-                                                                              torch.randn(4, T, generator=g).half()]])
-    return assemble(f"v{i}", video=video(g, 1 + i % 2), texts={"captions": captions},
-                    meta={"split": SPLITS[i % 8]})
+    captions = TextLeaves(
+        [
+            [torch.randn(3 + i % 2, T, generator=g).half()],
+            [torch.randn(2, T, generator=g).half(), torch.randn(4, T, generator=g).half()],
+        ]
+    )
+    return assemble(f"v{i}", video=video(g, 1 + i % 2), texts={"captions": captions}, meta={"split": SPLITS[i % 8]})
 
 
 def open_sample(i: int, answer: str):
@@ -47,5 +54,9 @@ def open_sample(i: int, answer: str):
     g = torch.Generator().manual_seed(i)
     signal = torch.zeros(4)
     signal[["red", "green", "blue", "white"].index(answer) if answer in ("red", "green", "blue", "white") else 0] = 4.0
-    return assemble(f"o{i}", video=video(g, 1 + i % 3, signal), texts={"question": text(g, 4)},
-                    meta={"split": "train", "answer_text": answer, "type": "colour"})
+    return assemble(
+        f"o{i}",
+        video=video(g, 1 + i % 3, signal),
+        texts={"question": text(g, 4)},
+        meta={"split": "train", "answer_text": answer, "type": "colour"},
+    )

@@ -35,8 +35,11 @@ import triton.language as tl
 @triton.jit
 def _tile(PTR, rows, row_ok, h, stride_m, stride_h, cols, ncols):
     """Load a [len(rows), len(cols)] tile of a [M, H, C] tensor for head h (zeros outside)."""
-    return tl.load(PTR + rows[:, None] * stride_m + h * stride_h + cols[None, :],
-                   mask=row_ok[:, None] & (cols[None, :] < ncols), other=0.0)
+    return tl.load(
+        PTR + rows[:, None] * stride_m + h * stride_h + cols[None, :],
+        mask=row_ok[:, None] & (cols[None, :] < ncols),
+        other=0.0,
+    )
 
 
 @triton.jit
@@ -49,13 +52,32 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 @triton.jit
 def _family_fwd(
-    Q, K, V, LOG_N, ETA, U,
-    BLK_START, BLK_SIZE, BLK_ROW,
-    stride_qm, stride_qh, stride_km, stride_kh, stride_vm, stride_vh,
-    stride_um, stride_uh, stride_em,
-    DK, DV,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    IEEE: tl.constexpr, WIDE: tl.constexpr,
+    Q,
+    K,
+    V,
+    LOG_N,
+    ETA,
+    U,
+    BLK_START,
+    BLK_SIZE,
+    BLK_ROW,
+    stride_qm,
+    stride_qh,
+    stride_km,
+    stride_kh,
+    stride_vm,
+    stride_vh,
+    stride_um,
+    stride_uh,
+    stride_em,
+    DK,
+    DV,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_DK: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    IEEE: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """One program: one query block (BLOCK_M children of a family) and one head."""
     blk = tl.program_id(0)
@@ -91,19 +113,44 @@ def _family_fwd(
     eta = tl.where(l_i > 0, m_safe + tl.log(l_i), float("-inf"))
     u = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(ETA + (start + rows) * stride_em + h, eta, mask=row_ok)
-    tl.store(U + (start + rows)[:, None] * stride_um + h * stride_uh + dv[None, :], u,
-             mask=row_ok[:, None] & (dv[None, :] < DV))
+    tl.store(
+        U + (start + rows)[:, None] * stride_um + h * stride_uh + dv[None, :],
+        u,
+        mask=row_ok[:, None] & (dv[None, :] < DV),
+    )
 
 
 @triton.jit
 def _family_bwd_dkdv(
-    Q, K, V, LOG_N, ETA, ROW, GU, DK_OUT, DV_OUT,
-    BLK_START, BLK_SIZE, BLK_ROW,
-    stride_qm, stride_qh, stride_km, stride_kh, stride_vm, stride_vh,
-    stride_gm, stride_gh, stride_em,
-    DK, DV,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    IEEE: tl.constexpr, WIDE: tl.constexpr,
+    Q,
+    K,
+    V,
+    LOG_N,
+    ETA,
+    ROW,
+    GU,
+    DK_OUT,
+    DV_OUT,
+    BLK_START,
+    BLK_SIZE,
+    BLK_ROW,
+    stride_qm,
+    stride_qh,
+    stride_km,
+    stride_kh,
+    stride_vm,
+    stride_vh,
+    stride_gm,
+    stride_gh,
+    stride_em,
+    DK,
+    DV,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_DK: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    IEEE: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """One program: one key block (BLOCK_N children of a family) and one head; loops over query tiles.
 
@@ -138,21 +185,48 @@ def _family_bwd_dkdv(
         acc_v += _dot(pt.to(gu.dtype), gu, IEEE)
         dst = pt * (_dot(v, tl.trans(gu), IEEE) - row[None, :])
         acc_k += _dot(dst.to(q.dtype), q, IEEE)
-    tl.store(DK_OUT + (start + cols)[:, None] * stride_km + h * stride_kh + dk[None, :], acc_k,
-             mask=col_ok[:, None] & (dk[None, :] < DK))
-    tl.store(DV_OUT + (start + cols)[:, None] * stride_vm + h * stride_vh + dv[None, :], acc_v,
-             mask=col_ok[:, None] & (dv[None, :] < DV))
+    tl.store(
+        DK_OUT + (start + cols)[:, None] * stride_km + h * stride_kh + dk[None, :],
+        acc_k,
+        mask=col_ok[:, None] & (dk[None, :] < DK),
+    )
+    tl.store(
+        DV_OUT + (start + cols)[:, None] * stride_vm + h * stride_vh + dv[None, :],
+        acc_v,
+        mask=col_ok[:, None] & (dv[None, :] < DV),
+    )
 
 
 @triton.jit
 def _family_bwd_dq(
-    Q, K, V, LOG_N, ETA, ROW, GU, DQ_OUT,
-    BLK_START, BLK_SIZE, BLK_ROW,
-    stride_qm, stride_qh, stride_km, stride_kh, stride_vm, stride_vh,
-    stride_gm, stride_gh, stride_em,
-    DK, DV,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    IEEE: tl.constexpr, WIDE: tl.constexpr,
+    Q,
+    K,
+    V,
+    LOG_N,
+    ETA,
+    ROW,
+    GU,
+    DQ_OUT,
+    BLK_START,
+    BLK_SIZE,
+    BLK_ROW,
+    stride_qm,
+    stride_qh,
+    stride_km,
+    stride_kh,
+    stride_vm,
+    stride_vh,
+    stride_gm,
+    stride_gh,
+    stride_em,
+    DK,
+    DV,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_DK: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    IEEE: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """One program: one query block and one head; loops over the family's key tiles.
 
@@ -185,5 +259,8 @@ def _family_bwd_dq(
         p = tl.where(keep, tl.exp(s - eta[:, None]), 0.0)
         ds = p * (_dot(gu, tl.trans(v), IEEE) - row[:, None])
         acc_q += _dot(ds.to(k.dtype), k, IEEE)
-    tl.store(DQ_OUT + (start + rows)[:, None] * stride_qm + h * stride_qh + dk[None, :], acc_q,
-             mask=row_ok[:, None] & (dk[None, :] < DK))
+    tl.store(
+        DQ_OUT + (start + rows)[:, None] * stride_qm + h * stride_qh + dk[None, :],
+        acc_q,
+        mask=row_ok[:, None] & (dk[None, :] < DK),
+    )

@@ -15,7 +15,6 @@ import triton
 from ...hierarchy import LevelPlan
 from .family_kernels import _family_bwd_dkdv, _family_bwd_dq, _family_fwd
 
-
 # Largest element offset the kernels address with 32-bit arithmetic (beyond it they switch to 64-bit).
 INT32_OFFSETS_MAX = 2**31 - 1
 
@@ -53,8 +52,9 @@ def buckets(dtype: torch.dtype, block_d: int, backward: bool = False) -> tuple[B
     return small, Bucket(32, 32, 4), Bucket(None, 64, 8)
 
 
-def block_tables(plan: LevelPlan,
-                 table: tuple[Bucket, ...]) -> list[tuple[Bucket, torch.Tensor, torch.Tensor, torch.Tensor]]:
+def block_tables(
+    plan: LevelPlan, table: tuple[Bucket, ...]
+) -> list[tuple[Bucket, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per non-empty bucket: (bucket, first node [B], family size [B], first row in family [B]), int32,
     one entry per block of ``bucket.block`` rows.
 
@@ -108,10 +108,28 @@ class TritonFamilyAttention(torch.autograd.Function):
         meta, block_d = _launch_args(q, k, v)
         for bucket, starts, sizes, rows in block_tables(plan, buckets(q.dtype, block_d)):
             _family_fwd[(len(starts), heads)](
-                q, k, v, log_n, eta, u, starts, sizes, rows,
-                q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-                u.stride(0), u.stride(1), eta.stride(0),
-                BLOCK_M=bucket.block, BLOCK_N=bucket.block, num_warps=bucket.warps, **meta,
+                q,
+                k,
+                v,
+                log_n,
+                eta,
+                u,
+                starts,
+                sizes,
+                rows,
+                q.stride(0),
+                q.stride(1),
+                k.stride(0),
+                k.stride(1),
+                v.stride(0),
+                v.stride(1),
+                u.stride(0),
+                u.stride(1),
+                eta.stride(0),
+                BLOCK_M=bucket.block,
+                BLOCK_N=bucket.block,
+                num_warps=bucket.warps,
+                **meta,
             )
         ctx.save_for_backward(q, k, v, log_n, eta, u)
         ctx.plan = plan
@@ -131,8 +149,20 @@ class TritonFamilyAttention(torch.autograd.Function):
         meta, block_d = _launch_args(q, k, v)
         for bucket, starts, sizes, rows in block_tables(ctx.plan, buckets(q.dtype, block_d, backward=True)):
             launch = dict(BLOCK_M=bucket.block, BLOCK_N=bucket.block, num_warps=bucket.warps, **meta)
-            common = (starts, sizes, rows, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-                      v.stride(0), v.stride(1), gu.stride(0), gu.stride(1), eta.stride(0))
+            common = (
+                starts,
+                sizes,
+                rows,
+                q.stride(0),
+                q.stride(1),
+                k.stride(0),
+                k.stride(1),
+                v.stride(0),
+                v.stride(1),
+                gu.stride(0),
+                gu.stride(1),
+                eta.stride(0),
+            )
             _family_bwd_dkdv[(len(starts), heads)](q, k, v, log_n, eta, row, gu, dk, dv, *common, **launch)
             _family_bwd_dq[(len(starts), heads)](q, k, v, log_n, eta, row, gu, dq, *common, **launch)
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None

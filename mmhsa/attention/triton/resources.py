@@ -25,8 +25,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .launch import Bucket, buckets
 from .family_kernels import _family_bwd_dkdv, _family_bwd_dq, _family_fwd
+from .launch import Bucket, buckets
 
 KERNELS = {"fwd": _family_fwd, "bwd_dkdv": _family_bwd_dkdv, "bwd_dq": _family_bwd_dq}
 # Largest dynamic shared memory one block may opt into, bytes (CUDA programming guide, compute capabilities).
@@ -62,20 +62,33 @@ def compile_usage(kernel, dtype: torch.dtype, block_d: int, bucket: Bucket, arch
 
     ``wide``: the 64-bit-offset variant (tensors of 2^31+ elements only).
     """
-    constants = dict(BLOCK_M=bucket.block, BLOCK_N=bucket.block, BLOCK_DK=block_d, BLOCK_DV=block_d,
-                     IEEE=dtype == torch.float32, WIDE=wide)
-    compiled = triton.compile(ASTSource(kernel, signature(kernel, DTYPES[dtype]), constexprs=constants),
-                              target=GPUTarget("cuda", arch, 32), options=dict(num_warps=bucket.warps))
+    constants = dict(
+        BLOCK_M=bucket.block,
+        BLOCK_N=bucket.block,
+        BLOCK_DK=block_d,
+        BLOCK_DV=block_d,
+        IEEE=dtype == torch.float32,
+        WIDE=wide,
+    )
+    compiled = triton.compile(
+        ASTSource(kernel, signature(kernel, DTYPES[dtype]), constexprs=constants),
+        target=GPUTarget("cuda", arch, 32),
+        options=dict(num_warps=bucket.warps),
+    )
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "kernel.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
-        dump = subprocess.run([_tool("cuobjdump"), "-res-usage", str(cubin)], capture_output=True, text=True,
-                              check=True).stdout
+        dump = subprocess.run(
+            [_tool("cuobjdump"), "-res-usage", str(cubin)], capture_output=True, text=True, check=True
+        ).stdout
     found = re.search(r"REG:(\d+) STACK:(\d+)", dump)
     if found is None:
         raise RuntimeError(f"cuobjdump printed no resource usage for {kernel.__name__}:\n{dump}")
-    return {"registers": int(found.group(1)), "stack_bytes": int(found.group(2)),
-            "shared_bytes": int(compiled.metadata.shared)}
+    return {
+        "registers": int(found.group(1)),
+        "stack_bytes": int(found.group(2)),
+        "shared_bytes": int(compiled.metadata.shared),
+    }
 
 
 def launch_configurations():
@@ -95,9 +108,18 @@ def report(arches=(80, 86, 90)) -> list[dict]:
     for arch in arches:
         for name, dtype, block_d, bucket in launch_configurations():
             usage = compile_usage(KERNELS[name], dtype, block_d, bucket, arch)
-            rows.append({"arch": arch, "dtype": DTYPES[dtype], "head_dim": block_d, "block": bucket.block,
-                         "warps": bucket.warps, "kernel": name, **usage,
-                         "shared_limit_bytes": SHARED_LIMIT.get(arch)})
+            rows.append(
+                {
+                    "arch": arch,
+                    "dtype": DTYPES[dtype],
+                    "head_dim": block_d,
+                    "block": bucket.block,
+                    "warps": bucket.warps,
+                    "kernel": name,
+                    **usage,
+                    "shared_limit_bytes": SHARED_LIMIT.get(arch),
+                }
+            )
     return rows
 
 
@@ -107,12 +129,16 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args()
     rows = report(args.arch)
-    print(f"{'arch':>5} {'dtype':>5} {'head dim':>8} {'block':>5} {'warps':>5} {'kernel':>9} "
-          f"{'regs':>5} {'spilled B':>9} {'shared KB':>9} {'limit KB':>8}")
+    print(
+        f"{'arch':>5} {'dtype':>5} {'head dim':>8} {'block':>5} {'warps':>5} {'kernel':>9} "
+        f"{'regs':>5} {'spilled B':>9} {'shared KB':>9} {'limit KB':>8}"
+    )
     for r in rows:
         limit = "?" if r["shared_limit_bytes"] is None else r["shared_limit_bytes"] // 1024
-        print(f"{'sm_' + str(r['arch']):>5} {r['dtype']:>5} {r['head_dim']:>8} {r['block']:>5} {r['warps']:>5} "
-              f"{r['kernel']:>9} {r['registers']:>5} {r['stack_bytes']:>9} {r['shared_bytes'] / 1024:>9.1f} {limit:>8}")
+        print(
+            f"{'sm_' + str(r['arch']):>5} {r['dtype']:>5} {r['head_dim']:>8} {r['block']:>5} {r['warps']:>5} "
+            f"{r['kernel']:>9} {r['registers']:>5} {r['stack_bytes']:>9} {r['shared_bytes'] / 1024:>9.1f} {limit:>8}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

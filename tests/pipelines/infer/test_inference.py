@@ -41,10 +41,12 @@ from pipelines.train.retrieval import RetrievalModule
 from tests.pipelines.samples import caption_sample, open_sample, qa_sample
 
 SIZES = dict(dim=32, depth=1, heads=2, pos_dim=4, dropout=0.0)
-FEATURIZATION = {"video": asdict(VideoConfig(clips="windows", windows=WindowConfig(1.0, min_clip_seconds=0.3),
-                                             frames_per_clip=2)),
-                 "frames": asdict(PatchEncoderConfig()), "text": asdict(TextEncoderConfig()),
-                 "limits": asdict(Limits(max_clips=3, max_frames=2, max_tokens=16))}
+FEATURIZATION = {
+    "video": asdict(VideoConfig(clips="windows", windows=WindowConfig(1.0, min_clip_seconds=0.3), frames_per_clip=2)),
+    "frames": asdict(PatchEncoderConfig()),
+    "text": asdict(TextEncoderConfig()),
+    "limits": asdict(Limits(max_clips=3, max_frames=2, max_tokens=16)),
+}
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +65,15 @@ def _train(tmp: Path, task: str, module, samples, seed: int = 0) -> Path:
         for s in samples:
             writer.add(s)
     pl.seed_everything(seed)
-    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer = pl.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     trainer.fit(module, ShardDataModule(str(data), task=task, batch_size=8))
     path = tmp / f"{task}-{seed}.ckpt"
     trainer.save_checkpoint(path)
@@ -78,10 +87,20 @@ def models(tmp_path_factory):
     retrieval = _train(tmp, "retrieval", RetrievalModule(embed_dim=16, **SIZES), [caption_sample(i) for i in range(8)])
     other = _train(tmp, "retrieval", RetrievalModule(embed_dim=16, **SIZES), [caption_sample(i) for i in range(8)], 1)
     qa = _train(tmp, "qa", QAModule(head_hidden=16, **SIZES), [qa_sample(i) for i in range(8)])
-    rerank = _train(tmp, "retrieval", RerankModule(dual_encoder=str(retrieval), negatives=2, head_hidden=16, **SIZES),
-                    [caption_sample(i) for i in range(8)], 2)
-    qa_open = _train(tmp, "qa", QAModule(head_hidden=16, answers=["red", "green", "blue", "white"], **SIZES),
-                     [open_sample(i, ["red", "green", "blue", "white"][i % 4]) for i in range(8)], 1)
+    rerank = _train(
+        tmp,
+        "retrieval",
+        RerankModule(dual_encoder=str(retrieval), negatives=2, head_hidden=16, **SIZES),
+        [caption_sample(i) for i in range(8)],
+        2,
+    )
+    qa_open = _train(
+        tmp,
+        "qa",
+        QAModule(head_hidden=16, answers=["red", "green", "blue", "white"], **SIZES),
+        [open_sample(i, ["red", "green", "blue", "white"][i % 4]) for i in range(8)],
+        1,
+    )
     return {"retrieval": retrieval, "other": other, "qa": qa, "rerank": rerank, "qa_open": qa_open}
 
 
@@ -172,10 +191,23 @@ def test_rerun_skips_redoes_lost_and_corrupt_shards(corpus, models, index, tmp_p
 @pytest.mark.slow
 def test_kill_9_while_indexing_loses_and_duplicates_nothing(corpus, models, tmp_path):
     out = tmp_path / "ix"
-    command = [sys.executable, "-m", "pipelines.cli", "index", "--videos", str(corpus / "videos"), "--out", str(out),
-               "--ckpt", str(models["retrieval"]), "--batch-size", "1"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "index",
+        "--videos",
+        str(corpus / "videos"),
+        "--out",
+        str(out),
+        "--ckpt",
+        str(models["retrieval"]),
+        "--batch-size",
+        "1",
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / "shards").glob("*.json"))) < 3:  # 2 broken files, 1 video
         time.sleep(0.02)
@@ -277,7 +309,10 @@ def test_ask_an_open_ended_model(corpus, models):
     asker = Asker(str(models["qa_open"]))
     result = asker.ask(corpus / "videos" / "video0000.mp4", "What colour is the first shape?")
     assert sorted(result["choices"]) == ["blue", "green", "red", "white"]  # its vocabulary, most likely first
-    assert result["answer_text"] == result["choices"][0] and result["probabilities"] == sorted(result["probabilities"])[::-1]
+    assert (
+        result["answer_text"] == result["choices"][0]
+        and result["probabilities"] == sorted(result["probabilities"])[::-1]
+    )
     with pytest.raises(ValueError, match="open-ended"):
         asker.ask(corpus / "videos" / "video0000.mp4", "What colour?", ["red", "blue"])
     with pytest.raises(ValueError, match="multiple choice"):
@@ -286,8 +321,9 @@ def test_ask_an_open_ended_model(corpus, models):
 
 def test_explain_draws_the_attention(corpus, models, tmp_path):
     out = tmp_path / "att.png"
-    result = explain(str(corpus / "videos" / "video0002.mp4"), "the green circle moves down", str(out),
-                     checkpoint=str(models["qa"]))
+    result = explain(
+        str(corpus / "videos" / "video0002.mp4"), "the green circle moves down", str(out), checkpoint=str(models["qa"])
+    )
     assert out.stat().st_size > 10_000 and json.loads(out.with_suffix(".json").read_text())["text"]
     assert sum(result["clips"]) == pytest.approx(1.0, abs=1e-6)
     for clip, frames, patches in zip(result["clips"], result["frames"], result["patches"]):
@@ -312,21 +348,59 @@ def test_cli_errors_and_exit_codes(corpus, models, index, capsys):
     assert "not an index" in capsys.readouterr().err
     assert main(["search", str(index[0]), "a red circle", "--top-k", "2", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["hits"]) == 2
-    assert main(["ask", str(corpus / "videos" / "video0000.mp4"), "What?", "--choices", "a", "b",
-                 "--ckpt", str(models["qa"])]) == 0
+    assert (
+        main(
+            [
+                "ask",
+                str(corpus / "videos" / "video0000.mp4"),
+                "What?",
+                "--choices",
+                "a",
+                "b",
+                "--ckpt",
+                str(models["qa"]),
+            ]
+        )
+        == 0
+    )
     assert "Q: What?" in capsys.readouterr().out
-    assert main(["index", "--videos", str(corpus / "videos"), "--out", str(index[0]), "--ckpt",
-                 str(models["retrieval"])]) == 1  # nothing new; the two broken files are still reported
+    assert (
+        main(["index", "--videos", str(corpus / "videos"), "--out", str(index[0]), "--ckpt", str(models["retrieval"])])
+        == 1
+    )  # nothing new; the two broken files are still reported
 
 
 @pytest.mark.slow
 def test_index_with_two_ddp_processes(corpus, models, index, tmp_path):
     """Lightning's DDP strategy on CPU (gloo): each rank embeds its share and writes its own shards."""
     out = tmp_path / "ix"
-    run = subprocess.run([sys.executable, "-m", "pipelines.cli", "index", "--videos", str(corpus / "videos"),
-                          "--out", str(out), "--ckpt", str(models["retrieval"]), "--batch-size", "1",
-                          "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--json"],
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "index",
+            "--videos",
+            str(corpus / "videos"),
+            "--out",
+            str(out),
+            "--ckpt",
+            str(models["retrieval"]),
+            "--batch-size",
+            "1",
+            "--accelerator",
+            "cpu",
+            "--devices",
+            "2",
+            "--strategy",
+            "ddp",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert run.returncode == 1, run.stderr[-3000:]  # the two broken files
     ranks = {json.loads(r.read_text())["rank"] for r in (out / "shards").glob("*.json")}
     assert ranks == {0, 1}

@@ -9,7 +9,9 @@ from pipelines.train.data import ShardDataModule, SizeBucketSampler
 
 def make_sample(i: int, split: str = "train"):
     g = torch.Generator().manual_seed(i)
-    clips = [ClipLeaves(c, c + 1.0, [c, c + 0.5], torch.randn(2, 2, 2, 8, generator=g).half()) for c in range(1 + i % 3)]
+    clips = [
+        ClipLeaves(c, c + 1.0, [c, c + 0.5], torch.randn(2, 2, 2, 8, generator=g).half()) for c in range(1 + i % 3)
+    ]
     texts = {"question": TextLeaves([[torch.randn(3 + i % 4, 6, generator=g).half()]])}
     return assemble(f"s{i}", video=clips, texts=texts, meta={"split": split})
 

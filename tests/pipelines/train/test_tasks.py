@@ -55,8 +55,9 @@ def test_reverse_frames_turns_each_clip_around_in_place():
     for clip in torch.nonzero(h.kind == h.kind_names.index("clip")).flatten().tolist():
         mine = [f for f in frames if int(h.parent[f]) == clip]
         for a, b in zip(mine, mine[::-1]):  # frame a's leaves now hold frame b's patches, cell by cell
-            assert torch.equal(backwards.features["video"][h.leaf_start[a]:h.leaf_end[a]],
-                               features[h.leaf_start[b]:h.leaf_end[b]])
+            assert torch.equal(
+                backwards.features["video"][h.leaf_start[a] : h.leaf_end[a]], features[h.leaf_start[b] : h.leaf_end[b]]
+            )
     assert torch.equal(reverse_frames(backwards).features["video"], features)
     with pytest.raises(ValueError, match="reverse_frames needs video trees"):
         reverse_frames(batch.texts)
@@ -128,8 +129,10 @@ def test_open_ended_qa_classifies_over_the_vocabulary(tmp_path):
     assert restored.vocabulary == model.vocabulary
 
 
-@pytest.mark.parametrize("answers, message", [([], "empty"), (["a", " A"], "twice"), (["a", " "], "empty answer"),
-                                              ("missing.txt", "not found")])
+@pytest.mark.parametrize(
+    "answers, message",
+    [([], "empty"), (["a", " A"], "twice"), (["a", " "], "empty answer"), ("missing.txt", "not found")],
+)
 def test_bad_answer_vocabulary_is_named(answers, message):
     with pytest.raises(ValueError, match=message):
         QAModule(dim=16, depth=1, heads=2, answers=answers)
@@ -167,8 +170,11 @@ def test_non_finite_loss_stops_naming_the_step_and_samples():
     model = QAModule(dim=32, depth=1, heads=2)
     batch = collate([qa_sample(0), qa_sample(1)])
     batch.features["video"][0, 0] = float("nan")
-    with pytest.raises(FloatingPointError, match=r"non-finite loss nan at global step 0, epoch 0, batch 3 "
-                                                 r"\(samples q0, q1\)"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"non-finite loss nan at global step 0, epoch 0, batch 3 "
+        r"\(samples q0, q1\)",
+    ):
         model.training_step(batch, 3)
 
 
@@ -194,34 +200,91 @@ class InterruptAtStep(pl.Callback):
             raise KeyboardInterrupt
 
 
-def recipe(tmp_path, shards, task: str, interrupt: bool = False, every_n_steps: int = 0,
-           interrupt_at_step: int | None = None) -> str:
+def recipe(
+    tmp_path, shards, task: str, interrupt: bool = False, every_n_steps: int = 0, interrupt_at_step: int | None = None
+) -> str:
     config = {
         "seed_everything": 0,
-        "model": {"class_path": "pipelines.train.qa.QAModule" if task == "qa" else "pipelines.train.retrieval.RetrievalModule",
-                  "init_args": {"dim": 32, "depth": 1, "heads": 2, "warmup_steps": 2,
-                                "content_position": True, "frame_differences": True}},
+        "model": {
+            "class_path": "pipelines.train.qa.QAModule"
+            if task == "qa"
+            else "pipelines.train.retrieval.RetrievalModule",
+            "init_args": {
+                "dim": 32,
+                "depth": 1,
+                "heads": 2,
+                "warmup_steps": 2,
+                "content_position": True,
+                "frame_differences": True,
+            },
+        },
         "data": {"data_dir": str(shards / task), "task": task, "batch_size": 4},
-        "trainer": {"max_epochs": 2, "accelerator": "cpu", "default_root_dir": str(tmp_path / "run"),
-                    "enable_progress_bar": False, "use_distributed_sampler": False, "num_sanity_val_steps": 0,
-                    "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger",
-                                "init_args": {"save_dir": str(tmp_path / "run"), "name": "csv"}},
-                               {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                                "init_args": {"save_dir": str(tmp_path / "run"), "name": "tb"}}],
-                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "init_args": {"monitor": "val/acc" if task == "qa" else "val/t2v_R@1",
-                                                 "mode": "max", "filename": "best-{epoch}"}},
-                                  {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "init_args": {"filename": "latest-{epoch}-{step}", "every_n_epochs": 1,
-                                                 "save_top_k": -1, "save_on_train_epoch_end": True}},
-                                  {"class_path": "pipelines.train.callbacks.PredictionWriter",
-                                   "init_args": {"output_dir": str(tmp_path / "run" / "predictions")}}]
-                    + ([{"class_path": "tests.pipelines.train.test_tasks.Interrupt"}] if interrupt else [])
-                    + ([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",  # mid-epoch, as the recipes
-                         "init_args": {"filename": "step-{step}", "every_n_train_steps": every_n_steps,
-                                       "save_top_k": -1}}] if every_n_steps else [])
-                    + ([{"class_path": "tests.pipelines.train.test_tasks.InterruptAtStep",
-                         "init_args": {"step": interrupt_at_step}}] if interrupt_at_step is not None else [])},
+        "trainer": {
+            "max_epochs": 2,
+            "accelerator": "cpu",
+            "default_root_dir": str(tmp_path / "run"),
+            "enable_progress_bar": False,
+            "use_distributed_sampler": False,
+            "num_sanity_val_steps": 0,
+            "logger": [
+                {
+                    "class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": {"save_dir": str(tmp_path / "run"), "name": "csv"},
+                },
+                {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": str(tmp_path / "run"), "name": "tb"},
+                },
+            ],
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {
+                        "monitor": "val/acc" if task == "qa" else "val/t2v_R@1",
+                        "mode": "max",
+                        "filename": "best-{epoch}",
+                    },
+                },
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {
+                        "filename": "latest-{epoch}-{step}",
+                        "every_n_epochs": 1,
+                        "save_top_k": -1,
+                        "save_on_train_epoch_end": True,
+                    },
+                },
+                {
+                    "class_path": "pipelines.train.callbacks.PredictionWriter",
+                    "init_args": {"output_dir": str(tmp_path / "run" / "predictions")},
+                },
+            ]
+            + ([{"class_path": "tests.pipelines.train.test_tasks.Interrupt"}] if interrupt else [])
+            + (
+                [
+                    {
+                        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",  # mid-epoch, as the recipes
+                        "init_args": {
+                            "filename": "step-{step}",
+                            "every_n_train_steps": every_n_steps,
+                            "save_top_k": -1,
+                        },
+                    }
+                ]
+                if every_n_steps
+                else []
+            )
+            + (
+                [
+                    {
+                        "class_path": "tests.pipelines.train.test_tasks.InterruptAtStep",
+                        "init_args": {"step": interrupt_at_step},
+                    }
+                ]
+                if interrupt_at_step is not None
+                else []
+            ),
+        },
     }
     path = tmp_path / f"{task}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -246,7 +309,9 @@ def test_cli_fit_test_and_logs(tmp_path, shards, task):
     if task == "qa":  # one row per question, its scores a distribution over its own candidates
         assert sorted(r["id"] for r in rows) == sorted(s.id for s in val)
         for r in rows:
-            assert abs(sum(math.exp(x) for x in r["scores"]) - 1) < 1e-4 and r["predicted"] == r["scores"].index(max(r["scores"]))
+            assert abs(sum(math.exp(x) for x in r["scores"]) - 1) < 1e-4 and r["predicted"] == r["scores"].index(
+                max(r["scores"])
+            )
     else:  # a unit embedding per video and per caption
         assert sorted(r["id"] for r in rows if r["kind"] == "video") == sorted(s.id for s in val)
         assert sum(r["kind"] == "caption" for r in rows) == 2 * len(val)
@@ -305,8 +370,10 @@ def test_resume_from_a_mid_epoch_checkpoint_gives_the_same_weights(tmp_path, sha
     checkpoints = sorted(p.name for p in (runs["split"] / "run").rglob("step-*.ckpt"))
     assert checkpoints == ["step-step=5.ckpt"]  # the kill came 2 steps after it
     last = next((runs["split"] / "run").rglob("step-step=5.ckpt"))
-    assert main(["fit", "-c", recipe(runs["resumed"], shards, "qa", every_n_steps=5), *args,
-                 "--ckpt_path", str(last)]) == 0
+    assert (
+        main(["fit", "-c", recipe(runs["resumed"], shards, "qa", every_n_steps=5), *args, "--ckpt_path", str(last)])
+        == 0
+    )
     # epoch 0 ended after its 8 batches: Lightning counts the 5 restored ones as fetched and stops after 3 more
     # (which ones is the sampler's part: replaying batches 0-2 would end there too, with other weights)
     assert latest(runs["resumed"] / "run", epoch=0).name == "latest-epoch=0-step=8.ckpt"
@@ -358,9 +425,19 @@ def test_bf16_mixed_precision(shards, task, accelerator):
 
     before = {k: v.clone() for k, v in model.state_dict().items()}
     record = RecordLoss()
-    trainer = pl.Trainer(accelerator=accelerator, devices=1, precision="bf16-mixed", max_steps=1, limit_val_batches=0, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         use_distributed_sampler=False, callbacks=[record])
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        precision="bf16-mixed",
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        callbacks=[record],
+    )
     trainer.fit(model, data)
     assert len(record.losses) == 1 and torch.isfinite(record.losses[0])
     after = model.state_dict()
@@ -403,8 +480,9 @@ def test_sampler_resumes_mid_epoch_on_every_rank():
     batches; over another epoch, all of them; only once."""
     sizes = list(range(1, 42))
     for rank in range(3):
-        full = [list(SizeBucketSampler(sizes, 4, seed=1, rank=rank, world_size=3, epoch_source=lambda: e))
-                for e in (0, 1)]
+        full = [
+            list(SizeBucketSampler(sizes, 4, seed=1, rank=rank, world_size=3, epoch_source=lambda: e)) for e in (0, 1)
+        ]
         epoch = 0
         sampler = SizeBucketSampler(sizes, 4, seed=1, rank=rank, world_size=3, epoch_source=lambda: epoch)
         it = iter(sampler)
@@ -433,13 +511,31 @@ def test_ddp_two_gloo_processes(tmp_path, shards):
     import sys
 
     config = recipe(tmp_path, shards, "qa")
-    run = subprocess.run([sys.executable, "-m", "pipelines.cli", "fit", "-c", config, "--trainer.devices", "2",
-                          "--trainer.strategy", "ddp", "--trainer.max_epochs", "1"],
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "fit",
+            "-c",
+            config,
+            "--trainer.devices",
+            "2",
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.max_epochs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     checkpoint = torch.load(latest(tmp_path / "run"), weights_only=False)
     assert checkpoint["global_step"] == 4  # 30 training samples, batches of 4: 8 batches over 2 ranks
-    score = float(checkpoint["callbacks"][next(k for k in checkpoint["callbacks"] if "val/acc" in k)]["best_model_score"])
+    score = float(
+        checkpoint["callbacks"][next(k for k in checkpoint["callbacks"] if "val/acc" in k)]["best_model_score"]
+    )
     # 5 validation questions in batches of 4 (4 on one rank, 1 on the other): gathered, the accuracy is k / 5
     assert abs(score * 5 - round(score * 5)) < 1e-6
 
