@@ -39,7 +39,7 @@ from mmhsa.encoders.text import TextEncoderConfig
 from .assemble import ClipLeaves, Limits, TextLeaves, assemble
 from .datasets import CaptionItem, QAItem, read_jsonl_folder, read_msrvtt, read_nextqa
 from .featurize import VIDEO_ERRORS, Opened, Stages, TextFeaturizer, VideoConfig, VideoFeaturizer
-from .schema import Sample
+from .schema import Sample, answer_key
 from .shards import ShardWriter
 from .synthetic import CorpusConfig, generate
 from .text import parse_subtitles, sections_from_cues, sections_from_paragraphs, split_sentences
@@ -222,7 +222,7 @@ class _Preparer:
         else:
             texts["question"] = self.text([split_sentences(item.question)])
             for k, candidate in enumerate(item.candidates):
-                texts[f"answer_{k}"] = self.text([split_sentences(candidate)])
+                texts[answer_key(k)] = self.text([split_sentences(candidate)])
             meta = {
                 **common,
                 "question": item.question,

@@ -20,7 +20,7 @@ import torch
 
 from data_prep.assemble import ClipLeaves, assemble
 from data_prep.datasets import QAItem, read_nextqa
-from data_prep.schema import MAX_ANSWERS
+from data_prep.schema import MAX_ANSWERS, answer_key
 from data_prep.text import split_sentences
 from pipelines.train.batches import collate
 from pipelines.train.metrics import qa_accuracy
@@ -71,7 +71,7 @@ class Asker:
         texts = [split_sentences(question)] + [split_sentences(c) for c in choices]
         leaves = self.model.texts(texts)
         named = {"question": type(leaves)([leaves.sections[0]])}
-        named.update({f"answer_{i}": type(leaves)([section]) for i, section in enumerate(leaves.sections[1:])})
+        named.update({answer_key(i): type(leaves)([section]) for i, section in enumerate(leaves.sections[1:])})
         return assemble(sample_id, video=clips, texts=named, limits=self.model.featurization.limits)
 
     @torch.no_grad()

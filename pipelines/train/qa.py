@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_prep.schema import MAX_ANSWERS, answer_key
 from mmhsa.nn import pool_nodes
 
 from .batches import Batch
@@ -70,7 +71,7 @@ class QAModule(FusionModule):
         videos, questions, candidates, clips = [], [], [], []
         for b, root in enumerate(h.tree_node_ptr[:-1].tolist()):
             keys = h.keyed_children(root)
-            answers = [keys[k] for k in sorted((k for k in keys if k.startswith("answer_")), key=lambda k: int(k[7:]))]
+            answers = [keys[answer_key(k)] for k in range(MAX_ANSWERS) if answer_key(k) in keys]
             if "video" not in keys or "question" not in keys or not (answers or open_ended):
                 raise ValueError(
                     f"sample {batch.ids[b]!r}: QA needs 'video', 'question' and 'answer_k', it has {sorted(keys)}"
