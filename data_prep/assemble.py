@@ -130,7 +130,8 @@ def _add_text(b: _TreeBuilder, root: int, key: str, text: TextLeaves, limits: Li
     # Sections and sentences without tokens have no leaves: they would be childless nodes.
     spoken = [s for s, section in enumerate(text.sections) if any(len(x) for x in section)]
     keep = [spoken[i] for i in even_subsample(len(spoken), limits.max_sections)]
-    dropped["sections"] = dropped.get("sections", 0) + len(spoken) - len(keep)
+    unit = "captions" if key == "captions" else "sections"  # a caption is a section: say which were cut
+    dropped[unit] = dropped.get(unit, 0) + len(spoken) - len(keep)
     for s in keep:
         timed = text.section_times is not None
         coord = (text.section_times[s][0], 0) if timed else (s, 0)

@@ -37,7 +37,7 @@ from mmhsa.encoders.frames import PatchEncoderConfig
 from mmhsa.encoders.text import TextEncoderConfig
 
 from .assemble import ClipLeaves, Limits, TextLeaves, assemble
-from .datasets import CaptionItem, QAItem, read_jsonl_folder, read_msrvtt, read_nextqa
+from .datasets import MSRVTT_PROTOCOLS, CaptionItem, QAItem, read_jsonl_folder, read_msrvtt, read_nextqa
 from .featurize import VIDEO_ERRORS, Opened, Stages, TextFeaturizer, VideoConfig, VideoFeaturizer
 from .schema import Sample, answer_key
 from .shards import ShardWriter
@@ -48,6 +48,7 @@ from .video import Video
 __all__ = ["PrepareConfig", "PrepareError", "TaskConfig", "VideoConfig", "main", "prepare"]
 
 FORMATS = ("msrvtt", "nextqa", "jsonl")
+LATER_TASK_OPTIONS = ("protocol",)
 
 
 class PrepareError(RuntimeError):
@@ -63,19 +64,27 @@ class TaskConfig:
         format: "msrvtt" (caption JSON), "nextqa" (a directory of train/val/test.csv) or "jsonl"
             (a folder of videos with annotations.jsonl).
         annotations: the caption JSON, the CSV directory, or the JSONL folder.
-        video_dir: where the videos are (``<video_dir>/<video id>.<ext>``); not used by "jsonl".
+        video_dir: where the videos are (``<video_dir>/<video id>.<ext>``, or anywhere below it); not used
+            by "jsonl".
+        protocol: MSR-VTT's split protocol, one of ``data_prep.datasets.MSRVTT_PROTOCOLS`` ("9k-1kA",
+            "7k-1kA", "full"); None: "9k-1kA" for CLIP4Clip's files, "full" for the official ones.
     """
 
     name: str
     format: str
     annotations: str
     video_dir: str | None = None
+    protocol: str | None = None
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ValueError(f"task {self.name!r}: format must be one of {FORMATS}, got {self.format!r}")
         if self.format != "jsonl" and not self.video_dir:
             raise ValueError(f"task {self.name!r}: format {self.format!r} needs video_dir")
+        if self.protocol is not None and self.format != "msrvtt":
+            raise ValueError(f"task {self.name!r}: protocol is an MSR-VTT option, not one of format {self.format!r}")
+        if self.protocol is not None and self.protocol not in MSRVTT_PROTOCOLS:
+            raise ValueError(f"task {self.name!r}: protocol must be one of {MSRVTT_PROTOCOLS}, got {self.protocol!r}")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ValueError(f"task name must be a plain directory name, got {self.name!r}")
 
@@ -94,6 +103,9 @@ class PrepareConfig:
         synthetic: if set, generate the embedded corpus with this config into ``synthetic_root`` first
             (skipped when it is already there).
         synthetic_root: where the synthetic corpus lives.
+        data_root: the folder the tasks' relative ``annotations`` and ``video_dir`` are read from (a recipe
+            names the files as its benchmark lays them out; ``--data_root /my/msrvtt`` says where the
+            download is). Not part of a task's config hash: moving a download keeps its prepared data valid.
         shard_size: samples per shard file.
         device: where the encoders run.
         strict: stop at the first failed item.
@@ -107,6 +119,7 @@ class PrepareConfig:
     limits: Limits = field(default_factory=Limits)
     synthetic: CorpusConfig | None = None
     synthetic_root: str = "data/synthetic"
+    data_root: str = "."
     shard_size: int = 256
     device: str = "cpu"
     strict: bool = False
@@ -120,8 +133,11 @@ class PrepareConfig:
 
     def content(self, task: TaskConfig) -> dict:
         """Everything that decides a task's samples (hashed into its manifest)."""
+        # options added after the first release are hashed only when set: directories prepared before
+        # them keep their hash
+        options = {k: v for k, v in asdict(task).items() if not (k in LATER_TASK_OPTIONS and v is None)}
         return {
-            "task": asdict(task),
+            "task": options,
             "video": asdict(self.video),
             "frames": asdict(self.frames),
             "text": asdict(self.text),
@@ -137,18 +153,19 @@ class _Unit:
     items: list[tuple[int, CaptionItem | QAItem]] = field(default_factory=list)
 
 
-def _read_task(task: TaskConfig) -> tuple[list, list[tuple[str, str]]]:
+def _read_task(task: TaskConfig, root: Path) -> tuple[list, list[tuple[str, str]]]:
+    annotations, video_dir = root / task.annotations, root / (task.video_dir or "")
     if task.format == "msrvtt":
-        return read_msrvtt(task.annotations, task.video_dir)
+        return read_msrvtt(annotations, video_dir, task.protocol)
     if task.format == "nextqa":
-        folder = Path(task.annotations)
+        folder = annotations
         files = {
             split: folder / f"{split}.csv" for split in ("train", "val", "test") if (folder / f"{split}.csv").is_file()
         }
         if not files:
             raise FileNotFoundError(f"task {task.name!r}: no train.csv, val.csv or test.csv in {folder}")
-        return read_nextqa(files, task.video_dir)
-    return read_jsonl_folder(task.annotations)
+        return read_nextqa(files, video_dir)
+    return read_jsonl_folder(annotations)
 
 
 def _version(package: str) -> str:
@@ -300,7 +317,7 @@ def prepare(config: PrepareConfig, progress: bool = False) -> dict:
     units: dict[Path, _Unit] = {}
     try:
         for t, task in enumerate(config.tasks):
-            items, problems = _read_task(task)
+            items, problems = _read_task(task, Path(config.data_root))
             for item_id, problem in problems:
                 if not preparer.writers[t].is_done(item_id):
                     preparer.fail(t, item_id, task.annotations, "annotations", problem)
@@ -349,9 +366,15 @@ def _print_report(report: dict) -> None:
         print(f"  {row['stage']:8s} {row['seconds']:8.1f} {row['count']:9d}  {rate}")
     for name, counts in report["tasks"].items():
         print(
-            f"  task {name}: {counts['samples']} samples in {counts['shards']} shards, {counts['failures']} "
+            f"  task {name}: {counts['samples']} samples ({_splits(counts.get('splits', {}))}) in {counts['shards']} "
+            f"shards, {counts['failures']} "
             f"failures (see failures.jsonl), dropped by limits: {_dropped(counts['dropped_by_limits'])}"
         )
+
+
+def _splits(counts: dict) -> str:
+    order = [s for s in ("train", "val", "test") if s in counts] + sorted(set(counts) - {"train", "val", "test"})
+    return ", ".join(f"{split} {counts[split]}" for split in order) or "no split recorded"
 
 
 def _dropped(counts: dict) -> str:

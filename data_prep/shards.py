@@ -174,6 +174,7 @@ class ShardWriter:
                         for m in sorted({m for s in self.buffer for m in s.features})
                     },
                     "dropped": _sum_dicts(s.dropped for s in self.buffer),
+                    "splits": _sum_dicts({str(s.meta.get("split", "train")): 1} for s in self.buffer),
                 }
             )
             self.done_ids.update(s.id for s in self.buffer)
@@ -198,6 +199,7 @@ class ShardWriter:
                 "failures": len(self.failures),
                 "leaves": _sum_dicts(s["leaves"] for s in self.shards),
                 "dropped_by_limits": _sum_dicts(s["dropped"] for s in self.shards),
+                "splits": _sum_dicts(s.get("splits", {}) for s in self.shards),
             },
             "shards": self.shards,
         }

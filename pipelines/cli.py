@@ -200,9 +200,14 @@ def main(argv: list[str] | None = None) -> int:
 
         return prepare_main(argv[1:])
     if argv[:1] and argv[0] in LIGHTNING_COMMANDS:
+        from pipelines.train.data import MissingSplit
         from pipelines.train.lightning_cli import lightning_cli
 
-        lightning_cli(argv)
+        try:
+            lightning_cli(argv)
+        except (MissingSplit, FileNotFoundError) as error:  # the data asked for is not there: a usage error
+            print(f"mmhsa {argv[0]}: error: {error}", file=sys.stderr)
+            return 2
         return 0
     parser = argparse.ArgumentParser(prog="mmhsa", description="Multi-modal video understanding with HSA.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -7,7 +7,9 @@ block (``pipelines/train/trainer_defaults.yaml``) serves every recipe.
 ``mmhsa predict``: each task's ``predict_step`` returns plain rows (QA: one per question with the scores
 and the chosen candidate; retrieval: one per video and one per caption with its embedding).
 :class:`PredictionWriter` writes them when the split is done: ``<output_dir>/predictions.jsonl``
-(``predictions-rank<r>.jsonl`` per process under DDP), written atomically. Only ``predict`` triggers it.
+(``predictions-rank<r>.jsonl`` per process under DDP), written atomically, and any file the task module
+adds in the form a benchmark's own scorer reads (``prediction_files``: QA writes ``eval_mc.json`` for
+NExT-QA's ``eval_mc.py``). Only ``predict`` triggers it.
 
     mmhsa predict -c configs/qa_synthetic.yaml --ckpt_path runs/.../best.ckpt [--data.predict_split val]
 """
@@ -68,3 +70,7 @@ class PredictionWriter(BasePredictionWriter):
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write(path, "".join(json.dumps(row) + "\n" for row in rows).encode("utf-8"))
         print(f"{len(rows)} predictions -> {os.fspath(path)}", flush=True)
+        for name, content in getattr(pl_module, "prediction_files", lambda rows: {})(rows).items():
+            extra = directory / (name if trainer.world_size == 1 else f"rank{trainer.global_rank}-{name}")
+            atomic_write(extra, json.dumps(content, indent=1).encode("utf-8"))
+            print(f"  and {os.fspath(extra)}", flush=True)

@@ -21,7 +21,11 @@ from data_prep.shards import ShardDataset
 
 from .batches import collate, retrieval_collate
 
-__all__ = ["ResumableDataLoader", "ShardDataModule", "SizeBucketSampler"]
+__all__ = ["MissingSplit", "ResumableDataLoader", "ShardDataModule", "SizeBucketSampler"]
+
+
+class MissingSplit(ValueError):
+    """A loader was asked for a split the prepared data does not hold (a usage error: the CLI exits 2)."""
 
 
 class SizeBucketSampler(Sampler[list[int]]):
@@ -169,6 +173,8 @@ class ShardDataModule(pl.LightningDataModule):
         seed: shuffling seed (the epoch is added, so runs are reproducible and epochs differ).
         limit: use only the first ``limit`` samples of each split (quick runs, tests); None: all.
         predict_split: the split ``mmhsa predict`` runs on.
+        val_split: the split validation runs on; protocols without a validation split of their own
+            validate on "test" (MSR-VTT's 9k-1kA, as its papers do).
     """
 
     def __init__(
@@ -180,9 +186,10 @@ class ShardDataModule(pl.LightningDataModule):
         seed: int = 0,
         limit: int | None = None,
         predict_split: str = "test",
+        val_split: str = "val",
     ):
         super().__init__()
-        self.predict_split = predict_split
+        self.predict_split, self.val_split = predict_split, val_split
         if task not in ("qa", "retrieval"):
             raise ValueError(f"task must be 'qa' or 'retrieval', got {task!r}")
         self.data_dir, self.task, self.batch_size = Path(data_dir), task, batch_size
@@ -201,7 +208,8 @@ class ShardDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         if split not in self.splits:
-            raise ValueError(f"{self.data_dir}: no samples in split {split!r} (have {sorted(self.splits)})")
+            hint = " (set --data.val_split test for a protocol without one)" if split == self.val_split else ""
+            raise MissingSplit(f"{self.data_dir}: no samples in split {split!r} (it has {sorted(self.splits)}){hint}")
         samples = self.splits[split]
         trainer = self.trainer
         progress_source = None
@@ -269,7 +277,7 @@ class ShardDataModule(pl.LightningDataModule):
         return self._loader("train", train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
+        return self._loader(self.val_split, train=False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)

@@ -12,7 +12,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["qa_accuracy", "recall_summary", "retrieval_ranks"]
+__all__ = ["NEXTQA_TYPES", "nextqa_accuracy", "qa_accuracy", "recall_summary", "retrieval_ranks"]
+
+# NExT-QA's question types with the column names its official eval_mc.py prints (github.com/doc-doc/NExT-QA);
+# TP (previous) is scored with TN (next) as "Bef&Aft". The groups are the types' first letters: causal (C),
+# temporal (T), descriptive (D), each pooled over its questions.
+NEXTQA_TYPES = {"CW": "Why", "CH": "How", "TN": "Bef&Aft", "TP": "Bef&Aft", "TC": "When", "DC": "Cnt",
+                "DL": "Loc", "DO": "Other"}  # fmt: skip
 
 
 def retrieval_ranks(
@@ -66,4 +72,23 @@ def qa_accuracy(scores: torch.Tensor, answers: torch.Tensor, types: Sequence[str
         for t in sorted(set(types)):
             sel = torch.tensor([x == t for x in types])
             out[f"acc_{t}"] = float(correct[sel].mean())
+        if types and all(t in NEXTQA_TYPES for t in types):
+            out |= nextqa_accuracy(correct, types)
+    return out
+
+
+def nextqa_accuracy(correct: torch.Tensor, types: Sequence[str]) -> dict[str, float]:
+    """NExT-QA's columns as its paper and eval_mc.py report them: ``Acc@C``, ``Acc@T``, ``Acc@D`` (each over
+    the questions of its group) and per type Why, How, Bef&Aft (TN with TP), When, Cnt, Loc, Other.
+
+    Args:
+        correct: [B] 1 for a right answer, 0 for a wrong one; types: [B] NExT-QA type codes (CW, TN, ...).
+    """
+    out = {}
+    for name, select in [(f"Acc@{g}", lambda t, g=g: t[0] == g) for g in "CTD"] + [
+        (column, lambda t, c=column: NEXTQA_TYPES[t] == c) for column in dict.fromkeys(NEXTQA_TYPES.values())
+    ]:
+        sel = torch.tensor([select(t) for t in types])
+        if sel.any():
+            out[name] = float(correct[sel].mean())
     return out

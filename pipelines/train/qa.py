@@ -157,6 +157,13 @@ class QAModule(FusionModule):
             rows.append(row)
         return rows
 
+    def prediction_files(self, rows: list[dict]) -> dict[str, dict]:
+        """Multiple choice: ``eval_mc.json``, ``{"<video>_<qid>": {"prediction": k, "answer": k}}``, the file
+        NExT-QA's official ``eval_mc.py`` scores (question ids are NExT-QA's keys when prepared from it)."""
+        if self.vocabulary is not None or not rows:
+            return {}
+        return {"eval_mc.json": {r["id"]: {"prediction": r["predicted"], "answer": r["answer"]} for r in rows}}
+
     # ------------------------------------------------------------------ evaluation
     def _collect(self, batch: Batch) -> None:
         scores = self(batch)

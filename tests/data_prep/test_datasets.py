@@ -43,7 +43,7 @@ def test_msrvtt(videos, tmp_path):
         ("video1", "val", "video1.mkv", ["été — 東京"]),
     ]
     assert dict(problems) == {
-        "video9": f"video file not found in {videos}",
+        "video9": f"video 'video9' not found in {videos}",
         "clip 2": "no captions",
         "video0b": "video 'video0b': unknown split 'weird' (expected one of "
         "['test', 'train', 'val', 'valid', 'validate'])",

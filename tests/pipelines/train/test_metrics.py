@@ -32,4 +32,5 @@ def test_recall_summary_and_qa():
     assert m == {"t2v_R@1": 0.25, "t2v_R@5": 0.5, "t2v_R@10": 0.75, "t2v_MdR": 4.0, "t2v_MnR": 5.0}
     scores = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
     acc = qa_accuracy(scores, torch.tensor([1, 1, 1]), ["TN", "TP", "TP"])
-    assert acc == {"acc": 2 / 3, "acc_TN": 1.0, "acc_TP": 0.5}
+    # NExT-QA's type codes: its groups and eval_mc's columns too (TP is scored with TN as Bef&Aft)
+    assert acc == {"acc": 2 / 3, "acc_TN": 1.0, "acc_TP": 0.5, "Acc@T": 2 / 3, "Bef&Aft": 2 / 3}

@@ -1,0 +1,115 @@
+"""What every benchmark reader returns, and the helpers they share (splits, files, finding videos)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["VIDEO_EXTENSIONS", "CaptionItem", "Problems", "QAItem", "VideoFinder", "parse_split", "read_text"]
+
+# Still images are one-frame videos (FFmpeg decodes them through the same interface).
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".gif", ".png", ".jpg", ".jpeg", ".webp", ".bmp")
+SPLITS = {"train": "train", "validate": "val", "val": "val", "valid": "val", "test": "test"}
+
+
+@dataclass
+class CaptionItem:
+    """A video with its captions (text-video retrieval)."""
+
+    id: str
+    video: Path
+    captions: list[str]
+    split: str
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class QAItem:
+    """A question about a video: multiple choice (``candidates``, ``answer`` their index) or open-ended
+    (no candidates, ``answer`` -1, ``answer_text`` the answer)."""
+
+    id: str
+    video: Path
+    question: str
+    candidates: list[str]
+    answer: int
+    type: str
+    split: str
+    meta: dict = field(default_factory=dict)
+    answer_text: str = ""
+
+    def __post_init__(self):
+        if self.candidates and not self.answer_text and 0 <= self.answer < len(self.candidates):
+            self.answer_text = self.candidates[self.answer]
+
+
+Problems = list[tuple[str, str]]
+
+
+def parse_split(value: str, where: str) -> str:
+    """A split name as the benchmarks spell it ("validate", "valid", ...) -> "train", "val" or "test"."""
+    try:
+        return SPLITS[str(value).strip().lower()]
+    except KeyError:
+        raise ValueError(f"{where}: unknown split {value!r} (expected one of {sorted(set(SPLITS))})") from None
+
+
+class VideoFinder:
+    """Finds a benchmark's video by its id under ``root``.
+
+    Tried in order: ``<root>/<id>.<ext>`` (the id may carry its extension, as DiDeMo's do); the relative
+    path ``mapping`` gives the id (NExT-QA's ``map_vid_vidorID.json``: ``"0101/2909445186"``); then any
+    file named ``<id>.<ext>`` below ``root`` (MSR-VTT's ``TrainValVideo/`` and ``TestVideo/``, NExT-QA's
+    numbered folders without the map), found through an index of the folder built on first need. An id
+    that names two files below ``root`` is not guessed: :meth:`why_missing` says which.
+    """
+
+    def __init__(self, root: str | Path, mapping: dict[str, str] | None = None):
+        self.root, self.mapping = Path(root), dict(mapping or {})
+        self._below: dict[str, list[Path]] | None = None
+
+    def _direct(self, base: Path) -> Path | None:
+        for ext in ("",) + VIDEO_EXTENSIONS:
+            path = base.with_name(base.name + ext)
+            if path.is_file():
+                return path
+        return None
+
+    def _index(self) -> dict[str, list[Path]]:
+        if self._below is None:
+            self._below = {}
+            if self.root.is_dir():
+                for path in sorted(self.root.rglob("*")):
+                    if path.suffix.lower() in VIDEO_EXTENSIONS and path.is_file():
+                        self._below.setdefault(path.stem, []).append(path)
+                        self._below.setdefault(path.name, []).append(path)
+        return self._below
+
+    def find(self, video_id: str) -> Path | None:
+        """The video's file, or None (then :meth:`why_missing` explains)."""
+        found = self._direct(self.root / video_id)
+        if found is None and video_id in self.mapping:
+            found = self._direct(self.root / self.mapping[video_id])
+        if found is None:
+            below = self._index().get(video_id, [])
+            found = below[0] if len(below) == 1 else None
+        return found
+
+    def why_missing(self, video_id: str) -> str:
+        below = self._index().get(video_id, [])
+        if len(below) > 1:
+            shown = ", ".join(str(p.relative_to(self.root)) for p in below[:3])
+            return f"video {video_id!r}: {len(below)} files of that name below {self.root} ({shown}); keep one"
+        mapped = f" (nor at {self.mapping[video_id]!r}, where the map puts it)" if video_id in self.mapping else ""
+        return f"video {video_id!r} not found in {self.root}{mapped}"
+
+
+def read_text(path: Path) -> str:
+    """An annotation file's text (UTF-8, a byte-order mark allowed).
+
+    Raises:
+        FileNotFoundError: naming the file.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file {path} does not exist")
+    return path.read_text(encoding="utf-8-sig")
