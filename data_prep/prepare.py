@@ -37,17 +37,27 @@ from mmhsa.encoders.frames import PatchEncoderConfig
 from mmhsa.encoders.text import TextEncoderConfig
 
 from .assemble import ClipLeaves, Limits, TextLeaves, assemble
-from .datasets import MSRVTT_PROTOCOLS, CaptionItem, QAItem, read_jsonl_folder, read_msrvtt, read_nextqa
+from .datasets import (
+    MSRVTT_PROTOCOLS,
+    CaptionItem,
+    QAItem,
+    read_activitynet,
+    read_didemo,
+    read_jsonl_folder,
+    read_msrvtt,
+    read_msvd,
+    read_nextqa,
+)
 from .featurize import VIDEO_ERRORS, Opened, Stages, TextFeaturizer, VideoConfig, VideoFeaturizer
 from .schema import Sample, answer_key
 from .shards import ShardWriter
 from .synthetic import CorpusConfig, generate
-from .text import parse_subtitles, sections_from_cues, sections_from_paragraphs, split_sentences
+from .text import parse_subtitles, read_subtitle_file, sections_from_cues, sections_from_paragraphs, split_sentences
 from .video import Video
 
 __all__ = ["PrepareConfig", "PrepareError", "TaskConfig", "VideoConfig", "main", "prepare"]
 
-FORMATS = ("msrvtt", "nextqa", "jsonl")
+FORMATS = ("msrvtt", "nextqa", "msvd", "didemo", "activitynet", "jsonl")
 LATER_TASK_OPTIONS = ("protocol",)
 
 
@@ -61,9 +71,10 @@ class TaskConfig:
 
     Attributes:
         name: the output subdirectory, e.g. "retrieval".
-        format: "msrvtt" (caption JSON), "nextqa" (a directory of train/val/test.csv) or "jsonl"
-            (a folder of videos with annotations.jsonl).
-        annotations: the caption JSON, the CSV directory, or the JSONL folder.
+        format: "msrvtt" (a caption JSON, or the folder of the official or CLIP4Clip's files), "nextqa" (the
+            folder of train/val/test.csv), "msvd", "didemo", "activitynet" (the folder of CLIP4Clip's files),
+            or "jsonl" (a folder of videos with annotations.jsonl); see ``docs/datasets.md``.
+        annotations: that file or folder.
         video_dir: where the videos are (``<video_dir>/<video id>.<ext>``, or anywhere below it); not used
             by "jsonl".
         protocol: MSR-VTT's split protocol, one of ``data_prep.datasets.MSRVTT_PROTOCOLS`` ("9k-1kA",
@@ -165,6 +176,9 @@ def _read_task(task: TaskConfig, root: Path) -> tuple[list, list[tuple[str, str]
         if not files:
             raise FileNotFoundError(f"task {task.name!r}: no train.csv, val.csv or test.csv in {folder}")
         return read_nextqa(files, video_dir)
+    readers = {"msvd": read_msvd, "didemo": read_didemo, "activitynet": read_activitynet}
+    if task.format in readers:
+        return readers[task.format](annotations, video_dir)
     return read_jsonl_folder(annotations)
 
 
@@ -208,9 +222,11 @@ class _Preparer:
         if "subtitles" in item.meta:
             path = Path(item.meta["subtitles"])
             try:
-                cues = parse_subtitles(path.read_text(encoding="utf-8-sig"), str(path))
-            except (OSError, UnicodeDecodeError) as err:
+                raw, encoding = read_subtitle_file(path)  # BOM, else UTF-8, else cp1252, else latin-1
+            except OSError as err:
                 raise ValueError(f"subtitles {path}: cannot read ({err})") from None
+            item.meta["subtitles_encoding"] = encoding  # kept with the sample, counted in the manifest
+            cues = parse_subtitles(raw, str(path))
             sections = sections_from_cues(cues, [(c.start, c.end) for c in clips]) if cues else []
         elif "transcript" in item.meta:
             sections = sections_from_paragraphs(item.meta["transcript"])
@@ -224,14 +240,15 @@ class _Preparer:
         return {"transcript": text}
 
     def _sample(self, item: CaptionItem | QAItem, clips: list[ClipLeaves], video: Video) -> Sample:
+        texts = self._transcript(item, clips)  # first: it records the subtitles' encoding in item.meta
         common = {
             "split": item.split,
             "video_id": item.video.stem,
             "source": str(item.video),
             "duration": video.duration,
             "clips": [[c.start, c.end] for c in clips],
+            **{k: item.meta[k] for k in ("subtitles_encoding",) if k in item.meta},
         }
-        texts = self._transcript(item, clips)
         if isinstance(item, CaptionItem):
             if item.captions:
                 texts["captions"] = self.text([split_sentences(c) for c in item.captions])

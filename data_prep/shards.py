@@ -175,6 +175,9 @@ class ShardWriter:
                     },
                     "dropped": _sum_dicts(s.dropped for s in self.buffer),
                     "splits": _sum_dicts({str(s.meta.get("split", "train")): 1} for s in self.buffer),
+                    "subtitle_encodings": _sum_dicts(
+                        {s.meta["subtitles_encoding"]: 1} for s in self.buffer if "subtitles_encoding" in s.meta
+                    ),
                 }
             )
             self.done_ids.update(s.id for s in self.buffer)
@@ -200,6 +203,7 @@ class ShardWriter:
                 "leaves": _sum_dicts(s["leaves"] for s in self.shards),
                 "dropped_by_limits": _sum_dicts(s["dropped"] for s in self.shards),
                 "splits": _sum_dicts(s.get("splits", {}) for s in self.shards),
+                "subtitle_encodings": _sum_dicts(s.get("subtitle_encodings", {}) for s in self.shards),
             },
             "shards": self.shards,
         }

@@ -7,10 +7,13 @@ fields) -> sentences -> tokens (word pieces of the encoder's tokenizer). Token f
 
 from __future__ import annotations
 
+import codecs
+import os
 import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -22,6 +25,7 @@ __all__ = [
     "Sentence",
     "encode_sentences",
     "parse_subtitles",
+    "read_subtitle_file",
     "sections_from_cues",
     "sections_from_paragraphs",
     "split_sentences",
@@ -98,8 +102,59 @@ def _seconds(stamp: str, where: str) -> float:
     return int(hours or 0) * 3600 + int(minutes) * 60 + int(seconds) + int(millis.ljust(3, "0")) / 1000
 
 
+# Byte-order marks, longest first (a UTF-32-LE BOM begins with the UTF-16-LE one).
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+
+
+def read_subtitle_file(path: str | os.PathLike) -> tuple[str, str]:
+    """Read a subtitle file whatever its usual encoding; returns ``(text, encoding used)``.
+
+    A byte-order mark decides (``"utf-8-sig"``, ``"utf-16-le"``/``"utf-16-be"``, ``"utf-32-le"``/``"utf-32-be"``;
+    the mark is not part of the text); without one the file is strict ``"utf-8"`` if it decodes as such, else
+    ``"cp1252"`` (Windows-1252, a superset of Latin-1's printable characters), else ``"latin-1"`` (only for
+    a file holding one of the 5 bytes cp1252 leaves undefined; latin-1 decodes every byte).
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: naming the file, when its text is not valid in the encoding its BOM announces.
+    """
+    data = Path(path).read_bytes()
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data[len(bom) :].decode(encoding), encoding
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}: not valid {encoding} text although it starts with a BOM ({err})") from None
+    for encoding in ("utf-8", "cp1252"):
+        try:
+            return data.decode(encoding), encoding
+        except UnicodeDecodeError:
+            pass
+    return data.decode("latin-1"), "latin-1"
+
+
+# Markup removed from cue text: HTML-like tags (<i>, <b>, <font ...>, WebVTT <c.x>, <00:01.000>) and
+# ASS/SSA override blocks ({\an8}, {\i1}, {\pos(10,20)}, ...); ASS line breaks and hard spaces written
+# literally (\N, \n, \h) become spaces.
+_MARKUP = re.compile(r"<[^>]+>|\{\\[^}]*\}")
+_ASS_BREAK = re.compile(r"\\[Nnh]")
+
+
+def _cue_line(line: str) -> str:
+    return " ".join(_ASS_BREAK.sub(" ", _MARKUP.sub("", line)).split())
+
+
 def parse_subtitles(text: str, name: str = "subtitles") -> list[Cue]:
-    """Parse SRT or WebVTT text into cues (time-ordered). Markup tags are stripped.
+    """Parse SRT or WebVTT text into cues (time-ordered). Markup is stripped: HTML-like tags (``<i>``)
+    and ASS/SSA override blocks (``{\\an8}``); literal ASS line breaks (``\\N``) become spaces.
+
+    Read a file with :func:`read_subtitle_file` (any common encoding) before parsing it.
 
     Raises:
         ValueError: naming ``name`` and the line of a malformed timing line or a cue that ends
@@ -120,7 +175,7 @@ def parse_subtitles(text: str, name: str = "subtitles") -> list[Cue]:
         i += 1
         body = []
         while i < len(lines) and lines[i].strip():
-            body.append(re.sub(r"<[^>]+>", "", lines[i]).strip())
+            body.append(_cue_line(lines[i]))
             i += 1
         cue_text = " ".join(b for b in body if b)
         if cue_text:

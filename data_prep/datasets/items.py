@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["VIDEO_EXTENSIONS", "CaptionItem", "Problems", "QAItem", "VideoFinder", "parse_split", "read_text"]
+__all__ = ["VIDEO_EXTENSIONS", "CaptionItem", "Problems", "QAItem", "VideoFinder", "parse_split", "read_id_list",
+           "read_plain_pickle", "read_text"]  # fmt: skip
 
 # Still images are one-frame videos (FFmpeg decodes them through the same interface).
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".gif", ".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -113,3 +115,32 @@ def read_text(path: Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} does not exist")
     return path.read_text(encoding="utf-8-sig")
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Admits containers, strings and numbers only: any class or function in the stream is refused."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: this file may only hold plain data")
+
+
+def read_plain_pickle(path: Path):
+    """A pickled annotation file (MSVD's ``raw-captions.pkl``) read without running code: only dicts, lists,
+    tuples, strings and numbers are admitted.
+
+    Raises:
+        FileNotFoundError: naming the file.
+        ValueError: naming the file, when it is not a pickle or holds anything but plain data.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file {path} does not exist")
+    try:
+        with path.open("rb") as f:
+            return _PlainUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as err:
+        raise ValueError(f"{path}: not a plain-data pickle ({err})") from None
+
+
+def read_id_list(path: Path) -> list[str]:
+    """A list file of one id per line (blank lines skipped, spaces stripped)."""
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]

@@ -123,3 +123,75 @@ def nextqa(root: Path, videos: dict[str, int] | None = None) -> tuple[Path, Path
         (folder / f"{split}.csv").write_text(_csv(rows, NEXTQA_HEADER), encoding="utf-8")
     (folder / "map_vid_vidorID.json").write_text(json.dumps(mapping), encoding="utf-8")
     return folder, root / "NExTVideo"
+
+
+def msvd(root: Path, splits: dict[str, int] | None = None) -> tuple[Path, Path]:
+    """CLIP4Clip's ``msvd_data/`` (``raw-captions.pkl``: id -> captions as token lists; the three list files)
+    and ``YouTubeClips/<id>.avi`` (real AVI files, MPEG-4 in an AVI container). YouTube-style ids with
+    dashes and underscores. Returns (annotations, videos)."""
+    import pickle
+
+    splits = splits or {"train": 3, "val": 1, "test": 2}
+    folder, clips = root / "msvd_data", root / "YouTubeClips"
+    folder.mkdir(parents=True, exist_ok=True)
+    clips.mkdir(parents=True, exist_ok=True)
+    avi = clips.parent / ".src" / "sample.avi"
+    if not avi.exists():
+        avi.parent.mkdir(parents=True, exist_ok=True)
+        write_video(avi, scene_frames((6, 6), 48, 64), fps=6, codec="mpeg4")
+    captions, n = {}, 0
+    for split, count in splits.items():
+        ids = [f"-4wsuPCjD_{n + k}_{5 * (n + k)}_{5 * (n + k) + 10}" for k in range(count)]
+        n += count
+        (folder / f"{split}_list.txt").write_text("".join(f"{vid}\n" for vid in ids))
+        for k, vid in enumerate(ids):
+            shutil.copyfile(avi, clips / f"{vid}.avi")
+            captions[vid] = [["a", "man", "is", "slicing", "a", "tomato", str(c)] for c in range(3 + k % 3)]
+    (folder / "raw-captions.pkl").write_bytes(pickle.dumps(captions))
+    return folder, clips
+
+
+def didemo(root: Path, splits: dict[str, int] | None = None) -> tuple[Path, Path]:
+    """DiDeMo as CLIP4Clip reads it: ``{split}_data.json`` (LocalizingMoments' entries, several descriptions
+    per video, 5-second chunk times) and ``{split}_list.txt`` of file names with their original extensions;
+    the videos under those names, one saved as the download script does (``<name>.mp4`` appended)."""
+    video = sample_video(root / ".src")
+    splits = splits or {"train": 3, "val": 1, "test": 2}
+    folder, videos = root / "didemo", root / "videos"
+    folder.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for split, count in splits.items():
+        names, data = [], []
+        for _ in range(count):
+            name = f"{1000 + n}@N0{n % 3}_{6060447507 + n}_dc1a90b8ef.{('mov', 'avi', 'mp4')[n % 3]}"
+            names.append(name)
+            _copy(video, videos / (f"{name}.mp4" if n == 1 else name))
+            for d in range(4):
+                data.append({"annotation_id": 4 * n + d, "description": f"the camera pans left {d}",
+                             "dl_link": "https://example.invalid/video", "num_segments": 6,
+                             "times": [[d, d], [d, d + 1], [d, d], [d, d]], "video": name})  # fmt: skip
+            n += 1
+        (folder / f"{split}_list.txt").write_text("".join(f"{name}\n" for name in names))
+        (folder / f"{split}_data.json").write_text(json.dumps(data))
+    return folder, videos
+
+
+def activitynet(root: Path, train: int = 3, test: int = 2) -> tuple[Path, Path]:
+    """ActivityNet Captions' ``captions.zip`` files (``train.json``, ``val_1.json``: ``"v_<id>"`` -> duration,
+    timestamps, sentences that start with a space; the id lists, one id without captions) and the videos
+    named by the id without ``v_``."""
+    video = sample_video(root / ".src")
+    folder, videos = root / "activitynet", root / "videos"
+    folder.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for captions, ids, count in (("train.json", "train_ids.json", train), ("val_1.json", "val_ids.json", test)):
+        data = {}
+        for _ in range(count):
+            vid = f"v_QOlSCBRm{n:03d}"
+            _copy(video, videos / f"{vid[2:]}.mp4")
+            data[vid] = {"duration": 82.73, "timestamps": [[0.28, 55.15], [13.79, 54.32]],
+                         "sentences": [f"A young woman is seen standing {n}. ", " She then dances."]}  # fmt: skip
+            n += 1
+        (folder / captions).write_text(json.dumps(data))
+        (folder / ids).write_text(json.dumps([*data, "v_noCaptions"]))
+    return folder, videos

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_prep.datasets import read_msrvtt, read_nextqa
+from data_prep.datasets import read_activitynet, read_didemo, read_msrvtt, read_msvd, read_nextqa
 from pipelines.cli import main
 from pipelines.train.metrics import NEXTQA_TYPES, nextqa_accuracy, qa_accuracy
 from tests.data_prep import replicas
@@ -172,3 +172,59 @@ def test_recipes_name_files_relative_to_data_root():
     for recipe in Path("configs/data").glob("*.yaml"):
         text = recipe.read_text()
         assert "--tasks.0" not in text, f"{recipe}: documents an override that does not parse"
+
+
+# ------------------------------------------------------------------ MSVD, DiDeMo, ActivityNet Captions
+def test_msvd(tmp_path):
+    folder, clips = replicas.msvd(tmp_path)
+    items, problems = read_msvd(folder, clips)
+    assert problems == [] and by_split(items) == {"train": 3, "val": 1, "test": 2}
+    assert items[0].captions[0] == "a man is slicing a tomato 0" and items[0].video.suffix == ".avi"
+    assert [len(i.captions) for i in items] == [3, 4, 5, 3, 3, 4]  # every caption of a video
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    (folder / "raw-captions.pkl").write_bytes(pickle.dumps({"x": Payload()}))
+    with pytest.raises(ValueError, match="refusing to load builtins.print"):
+        read_msvd(folder, clips)
+
+
+def test_didemo_paragraphs(tmp_path):
+    folder, videos = replicas.didemo(tmp_path)
+    items, problems = read_didemo(folder, videos)
+    assert problems == [] and by_split(items) == {"train": 3, "val": 1, "test": 2}
+    assert items[0].captions == [" ".join(f"the camera pans left {d}" for d in range(4))]  # one paragraph
+    assert items[0].id.endswith(".mov") and items[1].video.name.endswith(".avi.mp4")  # as the downloader saves
+
+
+def test_activitynet_paragraphs(tmp_path):
+    folder, videos = replicas.activitynet(tmp_path)
+    items, problems = read_activitynet(folder, videos)
+    assert problems == [] and by_split(items) == {"train": 3, "test": 2}  # val_1 is the test split
+    assert items[0].id == "v_QOlSCBRm000" and items[0].video.name == "QOlSCBRm000.mp4"
+    assert items[0].captions == ["A young woman is seen standing 0. She then dances."]
+    (videos / "QOlSCBRm001.mp4").rename(videos / "v_QOlSCBRm001.mp4")  # named with its v_: found too
+    items, problems = read_activitynet(folder, videos)
+    assert problems == [] and items[1].video.name == "v_QOlSCBRm001.mp4"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "benchmark, splits",
+    [("msvd", "train 3, val 1, test 2"), ("didemo", "train 3, val 1, test 2"), ("activitynet", "train 3, test 2")],
+)
+def test_retrieval_benchmarks_prepare_and_fit(benchmark, splits, tmp_path, capsys):
+    getattr(replicas, benchmark)(tmp_path / "download")
+    out = tmp_path / "prepared"
+    assert main(["prepare", "-c", f"configs/data/{benchmark}.yaml", "--data_root", str(tmp_path / "download"),
+                 "--output", str(out), "--progress", "false"]) == 0  # fmt: skip
+    assert f"({splits})" in capsys.readouterr().out
+    run = ["-c", f"configs/{benchmark}_retrieval.yaml", "--data.data_dir", str(out / "retrieval"),
+           "--trainer.default_root_dir", str(tmp_path / "run"), "--data.batch_size", "4", *SMALL_MODEL]  # fmt: skip
+    assert main(["fit", *run]) == 0
+    capsys.readouterr()
+    assert main(["test", *run, "--ckpt_path", str(next((tmp_path / "run").rglob("best-*.ckpt")))]) == 0
+    assert "test/t2v_R@1" in capsys.readouterr().out

@@ -136,9 +136,11 @@ def bad_folder(tmp_path_factory):
     (folder / "notes.mp4").write_text("not a video\n" * 50)
     write_audio_only(folder / "speech.m4a")
     long_text = " ".join(["Ünïcödé 東京 naïve café — a very long caption. 🎬"] * 2200)[:100_000]
-    (folder / "scenes.srt").write_text(
-        "1\n00:00:00,200 --> 00:00:00,600\nHello <i>there</i>.\n\n"
-        "2\n00:00:01,000 --> 00:00:01,600\nA second cue. And more.\n"
+    (folder / "scenes.srt").write_bytes(  # a Windows-1252 file, as old subtitle editors write them
+        (
+            "1\n00:00:00,200 --> 00:00:00,600\nHello <i>there</i>, café.\n\n"
+            "2\n00:00:01,000 --> 00:00:01,600\n{\\an8}A second cue. And more.\n"
+        ).encode("cp1252")
     )
     (folder / "broken.srt").write_text("1\n00:00:0x,000 --> 00:00:01,000\nHi\n")
     rows = [{"video": name, "captions": [f"a caption for {name}"]} for name in GOOD[:-2]]
@@ -234,6 +236,8 @@ def test_bad_inputs_are_reported_and_the_rest_prepared(bad_folder, tmp_path, cap
     assert manifest["counts"]["dropped_by_limits"]["tokens"] == long.dropped["tokens"]
     assert manifest["counts"]["dropped_by_limits"]["sentences"] == long.dropped["sentences"]
     assert manifest["counts"]["failures"] == len(BAD)
+    assert manifest["counts"]["subtitle_encodings"] == {"cp1252": 1}
+    assert samples["scenes"].meta["subtitles_encoding"] == "cp1252"
 
 
 def test_strict_stops_at_the_first_failure_and_keeps_what_was_done(bad_folder, tmp_path, capsys):

@@ -6,6 +6,7 @@ from data_prep.text import (
     Sentence,
     encode_sentences,
     parse_subtitles,
+    read_subtitle_file,
     sections_from_cues,
     sections_from_paragraphs,
     split_sentences,
@@ -69,6 +70,58 @@ def test_parse_srt_and_vtt():
     assert cues[1].text == "A second cue over two lines."
     vtt = parse_subtitles(VTT)
     assert [(c.start, c.end, c.text) for c in vtt] == [(1.0, 2.5, "First cue."), (3.0, 4.0, "Second.")]
+
+
+ACCENTED_SRT = "1\r\n00:00:00,500 --> 00:00:02,000\r\nUn café, très naïve.\r\n"
+
+
+@pytest.mark.parametrize(
+    "data, encoding",
+    [
+        (ACCENTED_SRT.encode("utf-8"), "utf-8"),
+        (b"\xef\xbb\xbf" + ACCENTED_SRT.encode("utf-8"), "utf-8-sig"),
+        (ACCENTED_SRT.encode("cp1252"), "cp1252"),  # what Windows tools write: b"caf\xe9"
+        (ACCENTED_SRT.encode("utf-16"), "utf-16-le"),  # BOM + little-endian
+        (b"\xfe\xff" + ACCENTED_SRT.encode("utf-16-be"), "utf-16-be"),
+    ],
+)
+def test_read_subtitle_file_encodings(tmp_path, data, encoding):
+    path = tmp_path / "talk.srt"
+    path.write_bytes(data)
+    text, used = read_subtitle_file(path)
+    assert used == encoding
+    assert text == ACCENTED_SRT and "\ufeff" not in text
+    assert parse_subtitles(text) == [Cue(0.5, 2.0, "Un café, très naïve.")]
+
+
+def test_read_subtitle_file_fallbacks_and_errors(tmp_path):
+    path = tmp_path / "quotes.srt"
+    path.write_bytes("1\n00:00:01,000 --> 00:00:02,000\n“Smart” quotes – €5\n".encode("cp1252"))
+    text, used = read_subtitle_file(str(path))
+    assert used == "cp1252" and parse_subtitles(text)[0].text == "“Smart” quotes – €5"
+    path.write_bytes(b"1\n00:00:01,000 --> 00:00:02,000\nna\xefve \x81\n")  # 0x81: undefined in cp1252
+    text, used = read_subtitle_file(path)
+    assert used == "latin-1" and parse_subtitles(text)[0].text == "naïve \x81"
+    path.write_bytes(b"\xff\xfe" + "1\n".encode("utf-16-le") + b"\x00\xd8")  # a lone surrogate
+    with pytest.raises(ValueError, match=r"quotes\.srt: not valid utf-16-le"):
+        read_subtitle_file(path)
+    with pytest.raises(OSError):
+        read_subtitle_file(tmp_path / "missing.srt")
+
+
+ASS_SRT = r"""1
+00:00:01,000 --> 00:00:03,000
+{\an8}{\pos(10,20)}Top line\Nand {\i1}italic{\i0} text.
+
+2
+00:00:03,000 --> 00:00:04,000
+{\c&H00FF00&}Green\nbreak, {a comment} <i>kept</i>.
+"""
+
+
+def test_parse_subtitles_strips_ass_override_tags():
+    cues = parse_subtitles(ASS_SRT)
+    assert [c.text for c in cues] == ["Top line and italic text.", "Green break, {a comment} kept."]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,93 @@
+"""Paragraph-to-video retrieval: DiDeMo and ActivityNet Captions, as CLIP4Clip's loaders read them
+(github.com/ArrowLuo/CLIP4Clip, ``dataloaders/dataloader_{didemo,activitynet}_retrieval.py``). Each video's
+descriptions are joined into one paragraph, its one caption.
+
+DiDeMo (LisaAnne/LocalizingMoments; the lists from collaborative-experts)::
+
+    didemo/{train,val,test}_data.json    [{"annotation_id", "description", "dl_link", "num_segments",
+                                           "times", "video": "<file name with its extension>"}, ...]
+    didemo/{train,val,test}_list.txt     the videos of each split, by file name
+    videos/35034348999@N01_6060447507_dc1a90b8ef.mov (or .mov.mp4, as the download script saves it)
+
+ActivityNet Captions (its ``captions.zip``)::
+
+    activitynet/train.json, val_1.json   {"v_QOlSCBRmfWY": {"duration", "timestamps", "sentences"}, ...}
+    activitynet/train_ids.json, val_ids.json   ["v_QOlSCBRmfWY", ...]
+    videos/QOlSCBRmfWY.mp4                the id without its "v_" (as CLIP4Clip finds them), or with it
+
+ActivityNet's ``val_1`` is the test split (CLIP4Clip and the papers): there is no validation split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .items import CaptionItem, Problems, VideoFinder, read_id_list, read_text
+
+__all__ = ["read_activitynet", "read_didemo"]
+
+
+def _json(path: Path):
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not JSON ({err})") from None
+
+
+def _paragraph(sentences: list) -> str:
+    return " ".join(" ".join(str(s).split()) for s in sentences if str(s).strip())
+
+
+def _add(finder: VideoFinder, vid: str, names: list[str], paragraph: str, split: str, items, problems) -> None:
+    path = next((p for p in map(finder.find, names) if p is not None), None)
+    if path is None:
+        problems.append((vid, finder.why_missing(names[0])))
+    elif not paragraph:
+        problems.append((vid, "no descriptions"))
+    else:
+        items.append(CaptionItem(vid, path, [paragraph], split))
+
+
+def read_didemo(annotations: str | Path, video_dir: str | Path) -> tuple[list[CaptionItem], Problems]:
+    """Read DiDeMo's ``{split}_data.json`` and ``{split}_list.txt`` files (train, val, test).
+
+    Raises:
+        FileNotFoundError: a file is missing (naming it).
+        ValueError: a data file that is not a JSON list of descriptions (naming it).
+    """
+    folder, finder = Path(annotations), VideoFinder(video_dir)
+    items, problems = [], []
+    for split in ("train", "val", "test"):
+        data = _json(folder / f"{split}_data.json")
+        if not isinstance(data, list) or not all(isinstance(d, dict) and "video" in d for d in data):
+            raise ValueError(f"{folder / f'{split}_data.json'}: expected a list of {{'video', 'description', ...}}")
+        descriptions: dict[str, list[str]] = {}
+        for entry in data:
+            descriptions.setdefault(str(entry["video"]), []).append(str(entry.get("description", "")))
+        for video in read_id_list(folder / f"{split}_list.txt"):
+            _add(finder, video, [video], _paragraph(descriptions.get(video, [])), split, items, problems)
+    return items, problems
+
+
+def read_activitynet(annotations: str | Path, video_dir: str | Path) -> tuple[list[CaptionItem], Problems]:
+    """Read ActivityNet Captions: ``train.json`` with ``train_ids.json`` (train) and ``val_1.json`` with
+    ``val_ids.json`` (test).
+
+    Raises:
+        FileNotFoundError: a file is missing (naming it).
+        ValueError: a caption file that is not a JSON object of videos (naming it).
+    """
+    folder, finder = Path(annotations), VideoFinder(video_dir)
+    items, problems = [], []
+    for split, captions, ids in (("train", "train.json", "train_ids.json"), ("test", "val_1.json", "val_ids.json")):
+        data, listed = _json(folder / captions), _json(folder / ids)
+        if not isinstance(data, dict) or not isinstance(listed, list):
+            raise ValueError(f"{folder}: expected {captions} to map video ids to captions and {ids} to list ids")
+        for vid in (str(v) for v in listed):
+            if vid not in data:
+                continue  # ids without captions in this file (CLIP4Clip keeps those in both)
+            sentences = data[vid].get("sentences", []) if isinstance(data[vid], dict) else []
+            bare = vid[2:] if vid.startswith("v_") else vid
+            _add(finder, vid, [bare, vid], _paragraph(sentences), split, items, problems)
+    return items, problems
