@@ -58,7 +58,8 @@ from .video import Video
 __all__ = ["PrepareConfig", "PrepareError", "TaskConfig", "VideoConfig", "main", "prepare"]
 
 FORMATS = ("msrvtt", "nextqa", "msvd", "didemo", "activitynet", "jsonl")
-LATER_TASK_OPTIONS = ("protocol",)
+LATER_TASK_OPTIONS = ("protocol", "kind")
+JSONL_KINDS = ("captions", "questions")
 
 
 class PrepareError(RuntimeError):
@@ -79,6 +80,9 @@ class TaskConfig:
             by "jsonl".
         protocol: MSR-VTT's split protocol, one of ``data_prep.datasets.MSRVTT_PROTOCOLS`` ("9k-1kA",
             "7k-1kA", "full"); None: "9k-1kA" for CLIP4Clip's files, "full" for the official ones.
+        kind: for "jsonl", which lines the task takes: "captions" (caption lines and the videos without a
+            line) or "questions"; None: all, refused when the file holds both (a task directory trains one
+            task: prepare two tasks over the same folder, one of each kind).
     """
 
     name: str
@@ -86,6 +90,7 @@ class TaskConfig:
     annotations: str
     video_dir: str | None = None
     protocol: str | None = None
+    kind: str | None = None
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -96,6 +101,8 @@ class TaskConfig:
             raise ValueError(f"task {self.name!r}: protocol is an MSR-VTT option, not one of format {self.format!r}")
         if self.protocol is not None and self.protocol not in MSRVTT_PROTOCOLS:
             raise ValueError(f"task {self.name!r}: protocol must be one of {MSRVTT_PROTOCOLS}, got {self.protocol!r}")
+        if self.kind is not None and (self.format != "jsonl" or self.kind not in JSONL_KINDS):
+            raise ValueError(f"task {self.name!r}: kind is a jsonl option, one of {JSONL_KINDS}; got {self.kind!r}")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ValueError(f"task name must be a plain directory name, got {self.name!r}")
 
@@ -179,7 +186,16 @@ def _read_task(task: TaskConfig, root: Path) -> tuple[list, list[tuple[str, str]
     readers = {"msvd": read_msvd, "didemo": read_didemo, "activitynet": read_activitynet}
     if task.format in readers:
         return readers[task.format](annotations, video_dir)
-    return read_jsonl_folder(annotations)
+    items, problems = read_jsonl_folder(annotations)
+    questions = [i for i in items if isinstance(i, QAItem)]
+    captions = [i for i in items if not isinstance(i, QAItem)]
+    if task.kind is None and questions and captions:
+        raise ValueError(
+            f"task {task.name!r}: {annotations} holds {len(questions)} questions and {len(captions)} caption items "
+            "(or videos without a line); a task directory trains one task: prepare two tasks over the folder, "
+            "one with kind: captions and one with kind: questions"
+        )
+    return (questions if task.kind == "questions" else captions if task.kind == "captions" else items), problems
 
 
 def _version(package: str) -> str:

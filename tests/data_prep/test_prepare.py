@@ -98,7 +98,6 @@ GOOD = [
     "été 東京 clip.mp4",
     "still.png",
     "long text.mp4",
-    "question.mp4",
 ]
 BAD = {  # item id -> (stage, what the error must say)
     "cut": ("decode", "truncated or corrupt"),
@@ -172,7 +171,7 @@ def bad_folder(tmp_path_factory):
 def recipe(folder, output, **overrides) -> dict:
     return {
         "output": str(output),
-        "tasks": [{"name": "index", "format": "jsonl", "annotations": str(folder)}],
+        "tasks": [{"name": "index", "format": "jsonl", "annotations": str(folder), "kind": "captions"}],
         "video": {
             "clips": "windows",
             "windows": {"window_seconds": 1.0, "min_clip_seconds": 0.3},
@@ -211,15 +210,6 @@ def test_bad_inputs_are_reported_and_the_rest_prepared(bad_folder, tmp_path, cap
     assert samples["still"].meta["clips"] == [[0.0, pytest.approx(0.04)]]  # an image is a one-frame video
     assert samples["one_frame"].hierarchy.kinds_of().count("frame") == 1
     assert len(samples["short"].meta["clips"]) == 1
-    assert samples["question"].hierarchy.key_names == (
-        "video",
-        "transcript",
-        "question",
-        "answer_0",
-        "answer_1",
-        "answer_2",
-    )
-    assert samples["question"].hierarchy.kinds_of().count("section") == 2 + 1 + 3  # transcript paragraphs, q, a
     scenes = samples["scenes"].hierarchy
     assert scenes.key_names == ("video", "transcript", "captions")
     assert len(samples["scenes"].meta["clips"]) == 2  # 1.8 s in 1 s windows
@@ -227,7 +217,6 @@ def test_bad_inputs_are_reported_and_the_rest_prepared(bad_folder, tmp_path, cap
     # The two cues fall into the two clips: sections at the clips' start times, in the time domain.
     assert scenes.coord[sections[:2], 0].tolist() == [0.0, 1.0]
     assert scenes.domain[sections[:2]].tolist() == [3, 3]  # DOMAINS.index("time")
-    assert samples["question"].meta["answer"] == 2
     long = samples["long text"]
     # 100k characters of short sentences: subsampled to max_sentences; one 90k-character sentence: to max_tokens.
     assert long.dropped["sentences"] > 2000 and long.dropped["tokens"] > 10_000
@@ -238,6 +227,29 @@ def test_bad_inputs_are_reported_and_the_rest_prepared(bad_folder, tmp_path, cap
     assert manifest["counts"]["failures"] == len(BAD)
     assert manifest["counts"]["subtitle_encodings"] == {"cp1252": 1}
     assert samples["scenes"].meta["subtitles_encoding"] == "cp1252"
+
+
+def test_a_folder_of_captions_and_questions_prepares_as_two_tasks(bad_folder, tmp_path, capsys):
+    both = recipe(bad_folder, tmp_path / "mixed")
+    del both["tasks"][0]["kind"]
+    assert run_cli(tmp_path, both) == 2  # one task directory for both kinds: refused, saying how
+    assert "kind: captions and one with kind: questions" in capsys.readouterr().err
+    folder = tmp_path / "few"
+    folder.mkdir()
+    for name in ("question.mp4", "clip.webm"):
+        shutil.copy(bad_folder / name, folder / name)
+    lines = [json.loads(line) for line in (bad_folder / "annotations.jsonl").read_text().splitlines()]
+    kept = [r for r in lines if r["video"] == "question.mp4"] + [{"video": "clip.webm", "captions": ["a clip"]}]
+    (folder / "annotations.jsonl").write_text("\n".join(json.dumps(r) for r in kept))
+    output = tmp_path / "two"
+    config = recipe(folder, output)
+    config["tasks"].append({"name": "qa", "format": "jsonl", "annotations": str(folder), "kind": "questions"})
+    assert run_cli(tmp_path, config) == 0
+    assert [s.id for s in ShardDataset(output / "index")] == ["clip"]
+    (question,) = ShardDataset(output / "qa")
+    assert question.hierarchy.key_names == ("video", "transcript", "question", "answer_0", "answer_1", "answer_2")
+    assert question.hierarchy.kinds_of().count("section") == 2 + 1 + 3  # transcript paragraphs, q, a
+    assert question.meta["answer"] == 2
 
 
 def test_strict_stops_at_the_first_failure_and_keeps_what_was_done(bad_folder, tmp_path, capsys):
@@ -254,7 +266,7 @@ def test_strict_stops_at_the_first_failure_and_keeps_what_was_done(bad_folder, t
     assert [s.id for s in ShardDataset(output / "index")] == ["question", "clip"]  # written before the stop
     config = PrepareConfig(
         output=str(output),
-        tasks=[TaskConfig("index", "jsonl", str(folder))],
+        tasks=[TaskConfig("index", "jsonl", str(folder), kind="captions")],
         video=VideoConfig(clips="windows", windows=WindowConfig(1.0, min_clip_seconds=0.3), frames_per_clip=2),
         frames=SMALL_FRAMES,
         limits=Limits(max_tokens=32),
