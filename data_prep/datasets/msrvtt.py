@@ -140,11 +140,11 @@ def read_msrvtt(
     finder = VideoFinder(video_dir)
     if protocol is not None and protocol not in MSRVTT_PROTOCOLS:
         raise ValueError(f"MSR-VTT protocol must be one of {MSRVTT_PROTOCOLS}, got {protocol!r}")
-    if annotations.is_file() or not annotations.exists():
+    if not annotations.exists():
+        raise FileNotFoundError(f"annotation file {annotations} does not exist (an MSR-VTT JSON file or folder)")
+    if annotations.is_file():
         if protocol not in (None, "full"):
             raise ValueError(f"protocol {protocol!r} reads CLIP4Clip's folder of files, not one file ({annotations})")
-        if not annotations.exists():
-            raise FileNotFoundError(f"annotation file {annotations} does not exist")
         return _official([annotations], finder)
     has_clip4clip = (annotations / CLIP4CLIP["data"]).is_file()
     protocol = protocol or ("9k-1kA" if has_clip4clip else "full")

@@ -158,6 +158,8 @@ def test_msrvtt_protocols_prepare_and_train(tmp_path, capsys):
     # the official protocol has a validation split, 9k-1kA none: asking for it is a usage error, not a traceback
     assert main(["fit", *run, "--data.val_split", "val"]) == 2
     assert "no samples in split 'val'" in capsys.readouterr().err
+    full = [*run, "--data.data_dir", str(tmp_path / "prepared-full" / "retrieval"), "--data.val_split", "val"]
+    assert main(["fit", *full, "--trainer.default_root_dir", str(tmp_path / "run-full")]) == 0
 
 
 def test_prepare_names_the_missing_protocol_file(tmp_path, capsys):
