@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -50,6 +51,12 @@ class RecipeCLI(LightningCLI):
         config = self._get(self.config_init, "trainer", default={})
         if config.get("logger") in (None, True):  # not named by the recipe: the run directory's loggers
             kwargs.setdefault("logger", run_loggers(config.get("default_root_dir") or "."))
+        # The shared callbacks follow the flags a user passes: no learning-rate monitor without a logger, no
+        # checkpoint callbacks with --trainer.enable_checkpointing false (Lightning refuses both otherwise).
+        unwanted = (LearningRateMonitor,) * (config.get("logger") is False)
+        unwanted += (ModelCheckpoint,) * (config.get("enable_checkpointing") is False)
+        if unwanted and isinstance(config.get("callbacks"), list):
+            kwargs["callbacks"] = [c for c in config["callbacks"] if not isinstance(c, unwanted)]
         return super().instantiate_trainer(**kwargs)
 
 

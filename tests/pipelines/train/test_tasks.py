@@ -550,3 +550,18 @@ def test_every_training_recipe_parses(recipe_path, capsys):
     assert done.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"].startswith("pipelines.") and printed["data"]["data_dir"]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--trainer.logger", "false"], ["--trainer.enable_checkpointing", "false"], ["--trainer.fast_dev_run", "true"]],
+    ids=["no-logger", "no-checkpointing", "fast-dev-run"],
+)
+def test_the_shared_trainer_block_follows_the_flags(tmp_path, shards, flags):
+    """The recipes' shared callbacks (checkpoints, LR monitor) step aside for the flags users pass."""
+    small = ["--model.init_args.dim", "32", "--model.init_args.depth", "1", "--model.init_args.heads", "2"]
+    args = ["fit", "-c", "configs/qa_synthetic.yaml", "--data.data_dir", str(shards / "qa"), *small,
+            "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "1",
+            "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    assert main([*args, *flags]) == 0
+    assert bool(list(tmp_path.rglob("*.ckpt"))) == (flags[0] == "--trainer.logger")  # checkpoints unless turned off
