@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PatchEncoder", "PatchEncoderConfig"]
+__all__ = ["PatchEncoder", "PatchEncoderConfig", "load_timm_weights"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -73,6 +73,42 @@ def _lite0_state_dict(model: torch.nn.Module) -> dict:
     return renamed
 
 
+def load_timm_weights(model: torch.nn.Module, path: str, name: str) -> None:
+    """Load a checkpoint of the user's into a timm model, strictly: every weight must be there and fit.
+
+    The classifier's weights are left out (the model is built without its head, ``num_classes=0``), and so
+    is a ``module.`` prefix (a checkpoint saved from DataParallel/DDP).
+
+    Raises:
+        ValueError: naming the checkpoint: unreadable, weights missing or unexpected (counts and the first
+            names), or of the wrong shape.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a file torch can read without running code
+        raise ValueError(
+            f"frame encoder weights {path}: not a readable state dict ({type(err).__name__}: {err})"
+        ) from None
+    state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise ValueError(f"frame encoder weights {path}: holds a {type(state).__name__}, not a state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    head = (getattr(model, "pretrained_cfg", {}) or {}).get("classifier") or "head"
+    heads = head if isinstance(head, (list, tuple)) else (head,)
+    state = {k: v for k, v in state.items() if not any(k == h or k.startswith(f"{h}.") for h in heads)}
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(v.shape)} (the model has {tuple(expected[k].shape)})" for k, v in state.items()
+             if k in expected and tuple(v.shape) != tuple(expected[k].shape)]  # fmt: skip
+    problems = [f"{len(found)} {what} ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''})"
+                for what, found in (("missing", missing), ("unexpected", unexpected), ("of the wrong shape", wrong))
+                if found]  # fmt: skip
+    if problems:
+        raise ValueError(f"frame encoder weights {path} do not fit timm {name!r}: " + "; ".join(problems))
+    model.load_state_dict(state)
+
+
 class PatchEncoder:
     """Encode frames into patch grids.
 
@@ -106,8 +142,7 @@ class PatchEncoder:
                 }
             )
         elif config.weights != "random":
-            state = torch.load(config.weights, map_location="cpu", weights_only=True)
-            model.load_state_dict(state.get("state_dict", state), strict=False)
+            load_timm_weights(model, config.weights, config.name)
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         return model, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
 

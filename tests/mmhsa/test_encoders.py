@@ -125,3 +125,30 @@ def test_open_clip_text_tower_token_features(tiny_clip_text):
         OpenClipTokenEncoder(tiny_clip_text, "random", max_tokens=11)
     with pytest.raises(ValueError, match="weights"):
         TextEncoderConfig(source="open_clip", name=tiny_clip_text)
+
+
+def test_user_timm_weights_load_strictly(tmp_path):
+    """A checkpoint of the user's loads only whole: the head may be left out, nothing else."""
+    import timm
+
+    torch.manual_seed(0)
+    trained = timm.create_model("vit_tiny_patch16_224", pretrained=False)  # with its classifier head
+    path = tmp_path / "vit.pth"
+    torch.save({f"module.{k}": v for k, v in trained.state_dict().items()}, path)  # as saved from DDP
+    enc = PatchEncoder(PatchEncoderConfig(name="vit_tiny_patch16_224", weights=str(path), image_size=224))
+    assert torch.equal(enc.model.patch_embed.proj.weight.cpu(), trained.patch_embed.proj.weight)
+    state = trained.state_dict()
+    for broken, message in [
+        (
+            {k: v for k, v in state.items() if k != "blocks.0.attn.qkv.weight"},
+            r"1 missing \(blocks.0.attn.qkv.weight\)",
+        ),
+        ({**state, "extra.weight": torch.zeros(1)}, r"1 unexpected \(extra.weight\)"),
+        ({**state, "pos_embed": torch.zeros(1, 5, 192)}, r"1 of the wrong shape \(pos_embed \(1, 5, 192\)"),
+    ]:
+        torch.save(broken, path)
+        with pytest.raises(ValueError, match=f"{path} do not fit timm 'vit_tiny_patch16_224': {message}"):
+            PatchEncoder(PatchEncoderConfig(name="vit_tiny_patch16_224", weights=str(path), image_size=224))
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable state dict"):
+        PatchEncoder(PatchEncoderConfig(name="vit_tiny_patch16_224", weights=str(path), image_size=224))
