@@ -97,6 +97,12 @@ def load_timm_weights(model: torch.nn.Module, path: str, name: str) -> None:
     heads = head if isinstance(head, (list, tuple)) else (head,)
     state = {k: v for k, v in state.items() if not any(k == h or k.startswith(f"{h}.") for h in heads)}
     expected = model.state_dict()
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if grid is not None and "pos_embed" in state and state["pos_embed"].shape != expected.get("pos_embed").shape:
+        from timm.layers import resample_abs_pos_embed  # trained at another size: the usual bicubic resize
+
+        prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
+        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], new_size=list(grid), num_prefix_tokens=prefix)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong = [f"{k} {tuple(v.shape)} (the model has {tuple(expected[k].shape)})" for k, v in state.items()
@@ -123,7 +129,13 @@ class PatchEncoder:
         else:
             self.model, self.mean, self.std = self._build_open_clip(config)
         self.model = self.model.to(self.device).eval()
-        probe = self(torch.zeros(1, config.image_size, config.image_size, 3, dtype=torch.uint8))
+        try:
+            probe = self(torch.zeros(1, config.image_size, config.image_size, 3, dtype=torch.uint8))
+        except (AssertionError, RuntimeError, ValueError) as err:  # e.g. a fixed-size model at another size
+            raise ValueError(
+                f"frame encoder {config.source} {config.name!r} cannot encode frames of image_size "
+                f"{config.image_size} ({type(err).__name__}: {err}); choose a size the model accepts"
+            ) from None
         self.grid = tuple(probe.shape[1:3])
         self.dim = probe.shape[3]
         self.id = f"{config.source}:{config.name}@{config.image_size}:{config.weights or 'shipped'}"
@@ -132,7 +144,10 @@ class PatchEncoder:
     def _build_timm(config):
         import timm
 
-        model = timm.create_model(config.name, pretrained=False, num_classes=0)
+        try:  # a ViT is built for the frames' size (its position table resized); a CNN takes any size
+            model = timm.create_model(config.name, pretrained=False, num_classes=0, img_size=config.image_size)
+        except TypeError:
+            model = timm.create_model(config.name, pretrained=False, num_classes=0)
         if config.weights is None:
             model.load_state_dict(
                 {
@@ -161,8 +176,9 @@ class PatchEncoder:
             tokens = self.model(x)[1]  # [B, P, C]
         else:
             feats = self.model.forward_features(x)
-            if feats.dim() == 4:  # a CNN feature map [B, C, gh, gw]
-                return feats.permute(0, 2, 3, 1)
+            if feats.dim() == 4:  # a feature map: [B, C, gh, gw] (CNNs), or [B, gh, gw, C] (Swin and the like)
+                nhwc = str(getattr(self.model, "output_fmt", "NCHW")).endswith("NHWC")
+                return feats if nhwc else feats.permute(0, 2, 3, 1)
             tokens = feats[:, getattr(self.model, "num_prefix_tokens", 0) :]  # drop class/register tokens
         side = int(round(tokens.shape[1] ** 0.5))
         if side * side != tokens.shape[1]:

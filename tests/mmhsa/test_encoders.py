@@ -144,7 +144,7 @@ def test_user_timm_weights_load_strictly(tmp_path):
             r"1 missing \(blocks.0.attn.qkv.weight\)",
         ),
         ({**state, "extra.weight": torch.zeros(1)}, r"1 unexpected \(extra.weight\)"),
-        ({**state, "pos_embed": torch.zeros(1, 5, 192)}, r"1 of the wrong shape \(pos_embed \(1, 5, 192\)"),
+        ({**state, "cls_token": torch.zeros(1, 1, 100)}, r"1 of the wrong shape \(cls_token \(1, 1, 100\)"),
     ]:
         torch.save(broken, path)
         with pytest.raises(ValueError, match=f"{path} do not fit timm 'vit_tiny_patch16_224': {message}"):
@@ -152,3 +152,18 @@ def test_user_timm_weights_load_strictly(tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable state dict"):
         PatchEncoder(PatchEncoderConfig(name="vit_tiny_patch16_224", weights=str(path), image_size=224))
+
+
+def test_timm_models_at_other_sizes(tmp_path):
+    """A ViT is built for the frames' size, and weights trained at 224 px have their position table resized;
+    a channels-last feature map (Swin) is read as such."""
+    import timm
+
+    trained = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    torch.save(trained.state_dict(), tmp_path / "vit.pth")
+    enc = PatchEncoder(
+        PatchEncoderConfig(name="vit_tiny_patch16_224", weights=str(tmp_path / "vit.pth"), image_size=64)
+    )
+    assert enc.grid == (4, 4) and enc.dim == 192
+    swin = PatchEncoder(PatchEncoderConfig(name="swin_tiny_patch4_window7_224", weights="random", image_size=64))
+    assert swin.grid == (2, 2) and swin.dim == 768
