@@ -48,11 +48,27 @@ class TrainedModel:
     @cached_property
     def videos(self) -> VideoFeaturizer:
         """The video featurizer on the module's device (built on first use: search needs only text)."""
-        return VideoFeaturizer(self.featurization.video, self.featurization.frames, self.module.device, self.stages)
+        featurizer = VideoFeaturizer(
+            self.featurization.video, self.featurization.frames, self.module.device, self.stages
+        )
+        self._check_width("video", featurizer.encoder.dim, featurizer.encoder.id)
+        return featurizer
 
     @cached_property
     def texts(self) -> TextFeaturizer:
-        return TextFeaturizer(self.featurization.text, self.module.device, self.stages)
+        featurizer = TextFeaturizer(self.featurization.text, self.module.device, self.stages)
+        self._check_width("text", featurizer.encoder.dim, featurizer.encoder.id)
+        return featurizer
+
+    def _check_width(self, modality: str, width: int, encoder_id: str) -> None:
+        """New inputs must be as wide as the model's inputs: a model trained on one encoder's features
+        cannot read another's."""
+        expected = self.module.encoder.adapters[modality].in_features
+        if width != expected:
+            raise ValueError(
+                f"{self.path}: the model reads {expected}-wide {modality} features, but {encoder_id} gives {width}; "
+                "featurize with the encoder it was trained on (its checkpoint records it; see --prepared)"
+            )
 
 
 def file_version(path: Path, class_name: str) -> str:
@@ -89,11 +105,19 @@ def load_model(
     # dual_encoder: a re-ranker's training-time helper, not needed to score pairs
     module = cls.from_checkpoint(path, **({"dual_encoder": None} if task == "rerank" else {}))
     module.eval().to(device)
+    state = module.checkpoint_state
+    carried = next((v["prepared"] for v in state.values() if isinstance(v, dict) and "prepared" in v), None)
     if prepared is not None:
         featurization = Featurization.from_prepared(prepared)
+        if carried is not None:  # another featurization for clips and limits is fine, other encoders are not
+            trained = Featurization.from_config(carried["config"])
+            for part in ("frames", "text"):
+                if getattr(trained, part) != getattr(featurization, part):
+                    raise ValueError(
+                        f"checkpoint {path} was trained on {part} encoded with {getattr(trained, part)}; "
+                        f"{prepared} encodes them with {getattr(featurization, part)}: the model cannot read those"
+                    )
     else:
-        state = module.checkpoint_state
-        carried = next((v["prepared"] for v in state.values() if isinstance(v, dict) and "prepared" in v), None)
         if carried is None:
             raise ValueError(
                 f"checkpoint {path} does not record how its data was prepared; pass the prepared "

@@ -18,10 +18,11 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+import yaml
 
 from data_prep.assemble import Limits
 from data_prep.clips import WindowConfig
-from data_prep.featurize import VideoConfig
+from data_prep.featurize import Featurization, VideoConfig
 from data_prep.shards import ShardWriter
 from data_prep.synthetic import CorpusConfig, generate
 from mmhsa import Hierarchy
@@ -30,7 +31,7 @@ from mmhsa.encoders.text import TextEncoderConfig
 from mmhsa.nn.attention import HSAAttention
 from pipelines.cli import main
 from pipelines.infer.ask import Asker, answer_csv
-from pipelines.infer.checkpoints import load_model
+from pipelines.infer.checkpoints import TrainedModel, load_model
 from pipelines.infer.explain import explain
 from pipelines.infer.index import Index, IndexMismatch, build_index, list_videos
 from pipelines.infer.search import Searcher, top_k
@@ -119,6 +120,21 @@ def test_checkpoint_records_featurization(models):
         load_model(models["qa"], "retrieval")
     with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
         load_model("nowhere.ckpt", "qa")
+
+
+def test_another_featurization_is_refused_naming_both(models, tmp_path):
+    """Clips and limits may change for new videos; the encoders a model was trained on may not."""
+    recipe = tmp_path / "recipe.yaml"
+    other = {**FEATURIZATION, "frames": asdict(PatchEncoderConfig(image_size=160))}
+    recipe.write_text(yaml.safe_dump(other))
+    with pytest.raises(ValueError, match="was trained on frames encoded with .*image_size=128.*image_size=160"):
+        load_model(models["retrieval"], "retrieval", prepared=recipe)
+    vit = Featurization.from_config(
+        {**FEATURIZATION, "frames": asdict(PatchEncoderConfig(name="vit_tiny_patch16_224", weights="random"))}
+    )
+    model = load_model(models["retrieval"], "retrieval")
+    with pytest.raises(ValueError, match="reads 1280-wide video features, but timm:vit_tiny_patch16_224.* gives 192"):
+        _ = TrainedModel(model.module, vit, model.path, model.version).videos  # built on first use
 
 
 def test_not_a_checkpoint_is_named(tmp_path):
