@@ -18,6 +18,7 @@ __all__ = ["PatchEncoder", "PatchEncoderConfig", "load_timm_weights"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+OPEN_CLIP_DIR = "local-dir:"  # open_clip's name for a model folder on disk (config + weights)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -29,8 +30,11 @@ class PatchEncoderConfig:
     Attributes:
         source: "timm" or "open_clip".
         name: the architecture (timm model name or open_clip model name).
-        weights: a checkpoint path; None means the shipped EfficientNet-Lite0 weights (only for
-            ``efficientnet_lite0``); "random" an untrained model (tests).
+        weights: a checkpoint path (timm: a state dict, ``.pth``/``.pt``/``.bin``; open_clip: also
+            ``.safetensors``); None means the shipped EfficientNet-Lite0 weights (only for
+            ``efficientnet_lite0``), or for open_clip a ``name`` of the form ``local-dir:/path`` (a Hugging
+            Face snapshot folder: ``open_clip_config.json`` and its weights); "random" an untrained model
+            (tests).
         image_size: frames are resized to image_size x image_size (the whole frame, no crop).
         batch_size: frames per forward pass.
     """
@@ -48,7 +52,8 @@ class PatchEncoderConfig:
             raise ValueError(f"PatchEncoderConfig.image_size must be >= 32, got {self.image_size}")
         if self.batch_size < 1:
             raise ValueError(f"PatchEncoderConfig.batch_size must be >= 1, got {self.batch_size}")
-        if self.weights is None and not (self.source == "timm" and self.name == "efficientnet_lite0"):
+        shipped = self.source == "timm" and self.name == "efficientnet_lite0"
+        if self.weights is None and not shipped and not self.name.startswith(OPEN_CLIP_DIR):
             raise ValueError(
                 f"PatchEncoderConfig.weights: no weights ship for {self.source} {self.name!r}; "
                 "give a checkpoint path (or 'random' for an untrained model)"
@@ -115,6 +120,25 @@ def load_timm_weights(model: torch.nn.Module, path: str, name: str) -> None:
     model.load_state_dict(state)
 
 
+def open_clip_model(name: str, weights: str | None):
+    """An open_clip model from the user's disk (``weights``: a ``.pt``/``.bin``/``.safetensors`` file; or a
+    ``local-dir:`` name), loaded strictly by open_clip.
+
+    Raises:
+        ValueError: naming the model and the weights when they cannot be read or do not fit.
+    """
+    import open_clip
+
+    try:
+        return open_clip.create_model(name, pretrained=weights)
+    except (RuntimeError, FileNotFoundError, KeyError, ValueError, OSError) as err:
+        where = weights or name
+        first = str(err).strip().split("\n")[0][:300]
+        raise ValueError(
+            f"open_clip {name!r} with weights {where}: cannot load ({type(err).__name__}: {first})"
+        ) from None
+
+
 class PatchEncoder:
     """Encode frames into patch grids.
 
@@ -163,10 +187,8 @@ class PatchEncoder:
 
     @staticmethod
     def _build_open_clip(config):
-        import open_clip
-
-        pretrained = None if config.weights == "random" else config.weights
-        model = open_clip.create_model(config.name, pretrained=pretrained).visual
+        pretrained = None if config.weights in (None, "random") else config.weights
+        model = open_clip_model(config.name, pretrained).visual
         model.output_tokens = True  # forward returns (pooled, patch tokens)
         return model, CLIP_MEAN, CLIP_STD
 

@@ -39,10 +39,11 @@ class TextEncoderConfig:
     def __post_init__(self) -> None:
         if self.source not in ("hf", "open_clip"):
             raise ValueError(f"TextEncoderConfig.source must be 'hf' or 'open_clip', got {self.source!r}")
-        if self.source == "open_clip" and (not self.name or not self.weights):
+        local_dir = str(self.name or "").startswith("local-dir:")
+        if self.source == "open_clip" and (not self.name or not (self.weights or local_dir)):
             raise ValueError(
                 "TextEncoderConfig: open_clip needs a model name and weights (a checkpoint path on "
-                "disk, nothing is downloaded; 'random' for tests)"
+                "disk, or a 'local-dir:/path' name; nothing is downloaded; 'random' for tests)"
             )
 
 
@@ -148,7 +149,9 @@ class OpenClipTokenEncoder:
     ):
         import open_clip
 
-        model = open_clip.create_model(name, pretrained=None if weights == "random" else weights)
+        from .frames import open_clip_model
+
+        model = open_clip_model(name, None if weights in (None, "random") else weights)
         if not all(hasattr(model, a) for a in ("token_embedding", "positional_embedding", "transformer", "ln_final")):
             raise ValueError(
                 f"open_clip {name!r}: only CLIP-style text towers (token embedding + transformer) are supported"

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from mmhsa.encoders import PatchEncoder, PatchEncoderConfig
+from mmhsa.encoders import PatchEncoder, PatchEncoderConfig, TextEncoderConfig, build_text_encoder
 from mmhsa.encoders.frames import IMAGENET_MEAN, IMAGENET_STD, _lite0_state_dict
 
 
@@ -167,3 +167,38 @@ def test_timm_models_at_other_sizes(tmp_path):
     assert enc.grid == (4, 4) and enc.dim == 192
     swin = PatchEncoder(PatchEncoderConfig(name="swin_tiny_patch4_window7_224", weights="random", image_size=64))
     assert swin.grid == (2, 2) and swin.dim == 768
+
+
+def test_open_clip_weights_in_the_formats_users_have(tmp_path):
+    """A state dict (.pt), safetensors, and a Hugging Face snapshot folder (open_clip_config.json + weights)."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 64, "layers": 1, "width": 64, "patch_size": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 40, "heads": 2, "layers": 1},
+    }
+    (tmp_path / "mmhsa-formats.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "mmhsa-formats.json")
+    torch.manual_seed(0)
+    state = open_clip.create_model("mmhsa-formats", pretrained=None).state_dict()
+    torch.save(state, tmp_path / "clip.pt")
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "clip.safetensors")
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    (snapshot / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    save_file({k: v.contiguous() for k, v in state.items()}, snapshot / "open_clip_model.safetensors")
+    frames = torch.randint(0, 255, (2, 64, 64, 3), dtype=torch.uint8)
+    outputs = []
+    for name, weights in [("mmhsa-formats", str(tmp_path / "clip.pt")),
+                          ("mmhsa-formats", str(tmp_path / "clip.safetensors")),
+                          (f"local-dir:{snapshot}", None)]:  # fmt: skip
+        enc = PatchEncoder(PatchEncoderConfig(source="open_clip", name=name, weights=weights, image_size=64))
+        outputs.append(enc(frames).float())
+        text = build_text_encoder(TextEncoderConfig(source="open_clip", name=name, weights=weights))
+        assert text.dim == 40
+    assert all(torch.equal(outputs[0], o) for o in outputs[1:])  # the same weights, whatever the format
+    torch.save({k: v for k, v in state.items() if not k.startswith("visual.conv1")}, tmp_path / "partial.pt")
+    with pytest.raises(ValueError, match="partial.pt: cannot load"):
+        PatchEncoder(PatchEncoderConfig(source="open_clip", name="mmhsa-formats", weights=str(tmp_path / "partial.pt")))
