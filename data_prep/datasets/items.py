@@ -6,8 +6,10 @@ import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["VIDEO_EXTENSIONS", "CaptionItem", "Problems", "QAItem", "VideoFinder", "parse_split", "read_id_list",
-           "read_plain_pickle", "read_text"]  # fmt: skip
+__all__ = [
+    "VIDEO_EXTENSIONS", "CaptionItem", "Problems", "QAItem", "VideoFinder", "add_caption_item", "parse_split",
+    "read_id_list", "read_plain_pickle", "read_text",
+]  # fmt: skip
 
 # Still images are one-frame videos (FFmpeg decodes them through the same interface).
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".gif", ".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -104,6 +106,28 @@ class VideoFinder:
             return f"video {video_id!r}: {len(below)} files of that name below {self.root} ({shown}); keep one"
         mapped = f" (nor at {self.mapping[video_id]!r}, where the map puts it)" if video_id in self.mapping else ""
         return f"video {video_id!r} not found in {self.root}{mapped}"
+
+
+def add_caption_item(
+    items: list,
+    problems: Problems,
+    finder: VideoFinder,
+    vid: str,
+    captions: list[str],
+    split: str,
+    names: tuple[str, ...] = (),
+    missing: str = "no captions",
+) -> None:
+    """Append the video ``vid`` with its captions to ``items``, or a problem naming what is wrong: its file
+    not found (looked for under ``names``, default its id) or no caption (``missing`` says where from)."""
+    names = names or (vid,)
+    path = next((p for p in map(finder.find, names) if p is not None), None)
+    if path is None:
+        problems.append((vid, finder.why_missing(names[0])))
+    elif not captions:
+        problems.append((vid, missing))
+    else:
+        items.append(CaptionItem(vid, path, captions, split))
 
 
 def read_text(path: Path) -> str:

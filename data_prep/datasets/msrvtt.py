@@ -28,7 +28,7 @@ import csv
 import json
 from pathlib import Path
 
-from .items import CaptionItem, Problems, VideoFinder, parse_split, read_text
+from .items import CaptionItem, Problems, VideoFinder, add_caption_item, parse_split, read_text
 
 __all__ = ["MSRVTT_PROTOCOLS", "read_msrvtt"]
 
@@ -67,16 +67,6 @@ def _csv_rows(path: Path, columns: set[str]) -> list[dict[str, str]]:
     return [{str(k).strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in rows]
 
 
-def _item(finder: VideoFinder, vid: str, captions: list[str], split: str, items: list, problems: Problems) -> None:
-    path = finder.find(vid)
-    if path is None:
-        problems.append((vid, finder.why_missing(vid)))
-    elif not captions:
-        problems.append((vid, "no captions"))
-    else:
-        items.append(CaptionItem(vid, path, captions, split))
-
-
 def _official(files: list[Path], finder: VideoFinder) -> tuple[list[CaptionItem], Problems]:
     """Every video of the files with its own split and all its captions (the "full" protocol)."""
     items, problems = [], []
@@ -93,7 +83,7 @@ def _official(files: list[Path], finder: VideoFinder) -> tuple[list[CaptionItem]
             except ValueError as err:
                 problems.append((vid, str(err)))
                 continue
-            _item(finder, vid, captions.get(vid, []), split, items, problems)
+            add_caption_item(items, problems, finder, vid, captions.get(vid, []), split)
     return items, problems
 
 
@@ -108,7 +98,7 @@ def _clip4clip(folder: Path, protocol: str, finder: VideoFinder) -> tuple[list[C
         if row["video_id"] in tested:
             problems.append((row["video_id"], f"{CLIP4CLIP[protocol]}: a test video of the 1kA split"))
         else:
-            _item(finder, row["video_id"], captions.get(row["video_id"], []), "train", items, problems)
+            add_caption_item(items, problems, finder, row["video_id"], captions.get(row["video_id"], []), "train")
     seen: set[str] = set()
     for line, row in enumerate(test, start=2):
         vid = row["video_id"]
@@ -116,7 +106,7 @@ def _clip4clip(folder: Path, protocol: str, finder: VideoFinder) -> tuple[list[C
             problems.append((f"{vid} ({CLIP4CLIP['test']} line {line})", f"video {vid!r} is listed twice"))
             continue
         seen.add(vid)
-        _item(finder, vid, [row["sentence"]] if row["sentence"] else [], "test", items, problems)
+        add_caption_item(items, problems, finder, vid, [row["sentence"]] if row["sentence"] else [], "test")
     return items, problems
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .items import CaptionItem, Problems, VideoFinder, read_id_list, read_plain_pickle
+from .items import CaptionItem, Problems, VideoFinder, add_caption_item, read_id_list, read_plain_pickle
 
 __all__ = ["read_msvd"]
 
@@ -40,11 +40,5 @@ def read_msvd(annotations: str | Path, video_dir: str | Path) -> tuple[list[Capt
                 text = " ".join(str(w) for w in words).strip()
                 if text:
                     captions.append(text)
-            path = finder.find(vid)
-            if path is None:
-                problems.append((vid, finder.why_missing(vid)))
-            elif not captions:
-                problems.append((vid, "no captions in raw-captions.pkl"))
-            else:
-                items.append(CaptionItem(vid, path, captions, split))
+            add_caption_item(items, problems, finder, vid, captions, split, missing="no captions in raw-captions.pkl")
     return items, problems

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .items import CaptionItem, Problems, VideoFinder, read_id_list, read_text
+from .items import CaptionItem, Problems, VideoFinder, add_caption_item, read_id_list, read_text
 
 __all__ = ["read_activitynet", "read_didemo"]
 
@@ -37,16 +37,6 @@ def _json(path: Path):
 
 def _paragraph(sentences: list) -> str:
     return " ".join(" ".join(str(s).split()) for s in sentences if str(s).strip())
-
-
-def _add(finder: VideoFinder, vid: str, names: list[str], paragraph: str, split: str, items, problems) -> None:
-    path = next((p for p in map(finder.find, names) if p is not None), None)
-    if path is None:
-        problems.append((vid, finder.why_missing(names[0])))
-    elif not paragraph:
-        problems.append((vid, "no descriptions"))
-    else:
-        items.append(CaptionItem(vid, path, [paragraph], split))
 
 
 def read_didemo(annotations: str | Path, video_dir: str | Path) -> tuple[list[CaptionItem], Problems]:
@@ -66,7 +56,9 @@ def read_didemo(annotations: str | Path, video_dir: str | Path) -> tuple[list[Ca
         for entry in data:
             descriptions.setdefault(str(entry["video"]), []).append(str(entry.get("description", "")))
         for video in read_id_list(folder / f"{split}_list.txt"):
-            _add(finder, video, [video], _paragraph(descriptions.get(video, [])), split, items, problems)
+            paragraph = _paragraph(descriptions.get(video, []))
+            add_caption_item(items, problems, finder, video, [paragraph] if paragraph else [], split,
+                             missing="no descriptions")  # fmt: skip
     return items, problems
 
 
@@ -89,5 +81,7 @@ def read_activitynet(annotations: str | Path, video_dir: str | Path) -> tuple[li
                 continue  # ids without captions in this file (CLIP4Clip keeps those in both)
             sentences = data[vid].get("sentences", []) if isinstance(data[vid], dict) else []
             bare = vid[2:] if vid.startswith("v_") else vid
-            _add(finder, vid, [bare, vid], _paragraph(sentences), split, items, problems)
+            paragraph = _paragraph(sentences)
+            add_caption_item(items, problems, finder, vid, [paragraph] if paragraph else [], split, names=(bare, vid),
+                             missing="no descriptions")  # fmt: skip
     return items, problems

@@ -56,16 +56,22 @@ def test_timm_vit_patch_tokens():
     assert enc(torch.zeros(2, 50, 70, 3, dtype=torch.uint8)).shape == (2, 14, 14, 192)
 
 
-def test_open_clip_vit_patch_tokens(tmp_path):
+def register_tiny_clip(folder, name: str, text_width: int = 32, context: int = 8, vocab: int = 100) -> dict:
+    """Register a tiny open_clip architecture (a 64-wide ViT, a small text tower) under ``name``; its config."""
     import open_clip
 
     cfg = {
         "embed_dim": 32,
         "vision_cfg": {"image_size": 64, "layers": 1, "width": 64, "patch_size": 16},
-        "text_cfg": {"context_length": 8, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1},
+        "text_cfg": {"context_length": context, "vocab_size": vocab, "width": text_width, "heads": 2, "layers": 1},
     }
-    (tmp_path / "mmhsa-tiny-vit.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(tmp_path / "mmhsa-tiny-vit.json")
+    (folder / f"{name}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(folder / f"{name}.json")
+    return cfg
+
+
+def test_open_clip_vit_patch_tokens(tmp_path):
+    register_tiny_clip(tmp_path, "mmhsa-tiny-vit")
     enc = PatchEncoder(PatchEncoderConfig(source="open_clip", name="mmhsa-tiny-vit", weights="random", image_size=64))
     assert enc.grid == (4, 4) and enc.dim == 64
 
@@ -174,13 +180,7 @@ def test_open_clip_weights_in_the_formats_users_have(tmp_path):
     import open_clip
     from safetensors.torch import save_file
 
-    cfg = {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 64, "layers": 1, "width": 64, "patch_size": 16},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 40, "heads": 2, "layers": 1},
-    }
-    (tmp_path / "mmhsa-formats.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(tmp_path / "mmhsa-formats.json")
+    cfg = register_tiny_clip(tmp_path, "mmhsa-formats", text_width=40, context=16, vocab=49408)
     torch.manual_seed(0)
     state = open_clip.create_model("mmhsa-formats", pretrained=None).state_dict()
     torch.save(state, tmp_path / "clip.pt")
