@@ -24,7 +24,7 @@ $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton
 status=0
 if [[ $STEP == all || $STEP == tests ]]; then
   timeout 180 $PY -m pytest -q -p no:cacheprovider tests/mmhsa/test_triton.py tests/mmhsa/test_compile.py \
-    "tests/pipelines/test_tasks.py::test_bf16_mixed_precision" 2>&1 | tee "$OUT/gpu_tests.log" || status=1
+    "tests/pipelines/train/test_tasks.py::test_bf16_mixed_precision" 2>&1 | tee "$OUT/gpu_tests.log" || status=1
 fi
 # Rows are printed (and logged) as they come, so a run cut short still leaves its first rows. Peak memory (a
 # fresh process per method and pass) is left to the CPU runs: it would double the time here.
