@@ -232,38 +232,39 @@ class _Preparer:
             )
 
     # -------------------------------------------------------------- text side
-    def _transcript(self, item: CaptionItem | QAItem, clips: list[ClipLeaves]) -> dict[str, TextLeaves]:
+    def _transcript(self, item: CaptionItem | QAItem, clips: list[ClipLeaves]) -> tuple[dict[str, TextLeaves], dict]:
         """The item's spoken text, if any: subtitle cues grouped by the clip they overlap (sections timed
-        like clips), or a plain transcript's paragraphs (sections by index)."""
+        like clips), or a plain transcript's paragraphs (sections by index); and what the sample's meta
+        records of it (the subtitles' encoding)."""
         if "subtitles" in item.meta:
             path = Path(item.meta["subtitles"])
             try:
                 raw, encoding = read_subtitle_file(path)  # BOM, else UTF-8, else cp1252, else latin-1
             except OSError as err:
                 raise ValueError(f"subtitles {path}: cannot read ({err})") from None
-            item.meta["subtitles_encoding"] = encoding  # kept with the sample, counted in the manifest
             cues = parse_subtitles(raw, str(path))
             sections = sections_from_cues(cues, [(c.start, c.end) for c in clips]) if cues else []
         elif "transcript" in item.meta:
             sections = sections_from_paragraphs(item.meta["transcript"])
         else:
-            return {}
+            return {}, {}
         if not sections:
             raise ValueError(f"item {item.id!r}: its transcript/subtitles hold no text")
         text = self.text([[s.text for s in section.sentences] for section in sections])
-        if "subtitles" in item.meta:
-            text.section_times = [(section.start_time, section.end_time) for section in sections]
-        return {"transcript": text}
+        if "subtitles" not in item.meta:
+            return {"transcript": text}, {}
+        text.section_times = [(section.start_time, section.end_time) for section in sections]
+        return {"transcript": text}, {"subtitles_encoding": encoding}
 
     def _sample(self, item: CaptionItem | QAItem, clips: list[ClipLeaves], video: Video) -> Sample:
-        texts = self._transcript(item, clips)  # first: it records the subtitles' encoding in item.meta
+        texts, spoken = self._transcript(item, clips)
         common = {
             "split": item.split,
             "video_id": item.video.stem,
             "source": str(item.video),
             "duration": video.duration,
             "clips": [[c.start, c.end] for c in clips],
-            **{k: item.meta[k] for k in ("subtitles_encoding",) if k in item.meta},
+            **spoken,
         }
         if isinstance(item, CaptionItem):
             if item.captions:

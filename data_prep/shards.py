@@ -29,6 +29,8 @@ from .schema import Sample
 __all__ = ["ShardDataset", "ShardWriter", "atomic_write", "config_hash", "file_sha256", "read_failures"]
 
 MANIFEST, FAILURES = "manifest.json", "failures.jsonl"
+# Sample meta counted per value in each shard entry and the manifest's counts: meta key -> counts key.
+COUNTED_META = {"split": "splits", "subtitles_encoding": "subtitle_encodings"}
 FORMAT_VERSION = 1
 
 
@@ -174,10 +176,10 @@ class ShardWriter:
                         for m in sorted({m for s in self.buffer for m in s.features})
                     },
                     "dropped": _sum_dicts(s.dropped for s in self.buffer),
-                    "splits": _sum_dicts({str(s.meta.get("split", "train")): 1} for s in self.buffer),
-                    "subtitle_encodings": _sum_dicts(
-                        {s.meta["subtitles_encoding"]: 1} for s in self.buffer if "subtitles_encoding" in s.meta
-                    ),
+                    **{
+                        counts: _sum_dicts({str(s.meta[key]): 1} for s in self.buffer if key in s.meta)
+                        for key, counts in COUNTED_META.items()
+                    },
                 }
             )
             self.done_ids.update(s.id for s in self.buffer)
@@ -202,8 +204,7 @@ class ShardWriter:
                 "failures": len(self.failures),
                 "leaves": _sum_dicts(s["leaves"] for s in self.shards),
                 "dropped_by_limits": _sum_dicts(s["dropped"] for s in self.shards),
-                "splits": _sum_dicts(s.get("splits", {}) for s in self.shards),
-                "subtitle_encodings": _sum_dicts(s.get("subtitle_encodings", {}) for s in self.shards),
+                **{counts: _sum_dicts(s.get(counts, {}) for s in self.shards) for counts in COUNTED_META.values()},
             },
             "shards": self.shards,
         }

@@ -128,12 +128,17 @@ def repository_files() -> list[Path]:
     return [ROOT / f for f in listed if f and (ROOT / f).is_file()]
 
 
-@pytest.mark.parametrize("outside", ["../shared", "shared/guide", "shared/reference", "hsa-math.md", "/work/"])
+# Built from parts, so that this file does not itself hold the pointers it looks for.
+OUTSIDE = [
+    "/".join(parts) for parts in (("..", "shared"), ("shared", "guide"), ("shared", "reference"), ("", "work", ""))
+]
+OUTSIDE.append("hsa-" + "math.md")
+
+
+@pytest.mark.parametrize("outside", OUTSIDE)
 def test_nothing_refers_outside_the_repository(outside):
     hits = []
     for path in repository_files():
-        if path == Path(__file__).resolve():
-            continue
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:

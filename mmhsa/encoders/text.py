@@ -149,7 +149,7 @@ class OpenClipTokenEncoder:
     ):
         import open_clip
 
-        from .frames import open_clip_model
+        from .weights import open_clip_model
 
         model = open_clip_model(name, None if weights in (None, "random") else weights)
         if not all(hasattr(model, a) for a in ("token_embedding", "positional_embedding", "transformer", "ln_final")):

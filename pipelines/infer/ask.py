@@ -27,9 +27,7 @@ from pipelines.train.metrics import qa_accuracy
 
 from .checkpoints import TrainedModel, load_model
 
-__all__ = ["Asker", "MAX_CHOICES"]
-
-MAX_CHOICES = MAX_ANSWERS
+__all__ = ["Asker"]
 
 
 class Asker:
@@ -63,8 +61,8 @@ class Asker:
                     f"{sample_id}: this model is open-ended (answers from its vocabulary of "
                     f"{len(self.vocabulary)}); ask without choices"
                 )
-        elif not 2 <= len(choices) <= MAX_CHOICES:
-            raise ValueError(f"{sample_id}: give 2 to {MAX_CHOICES} choices, got {len(choices)}")
+        elif not 2 <= len(choices) <= MAX_ANSWERS:
+            raise ValueError(f"{sample_id}: give 2 to {MAX_ANSWERS} choices, got {len(choices)}")
         empty = [i for i, c in enumerate(choices) if not c.strip()]
         if empty:
             raise ValueError(f"{sample_id}: choice {empty[0]} is empty")
@@ -152,7 +150,7 @@ def answer_csv(asker: Asker, csv_path: str, video_dir: str, out: str | None) -> 
     failures = [{"id": qid, "video": "", "error": problem} for qid, problem in problems] + failures
     report = {"questions": len(items) + len(problems), "answered": len(predictions), "failed": failures}
     if predictions:
-        scores = torch.full((len(predictions), MAX_CHOICES), float("-inf"))
+        scores = torch.full((len(predictions), MAX_ANSWERS), float("-inf"))
         for row, p in enumerate(predictions):
             scores[row, : len(p["probabilities"])] = torch.tensor(p["probabilities"])
         answers = torch.tensor([p["answer"] for p in predictions])

@@ -20,6 +20,7 @@ import torch
 from data_prep.featurize import Featurization, Stages, TextFeaturizer, VideoFeaturizer
 from data_prep.shards import file_sha256
 from pipelines.train import TASKS, FusionModule
+from pipelines.train.fusion import read_checkpoint
 from pipelines.train.run_all import DEFAULT_CHECKPOINTS
 
 __all__ = ["DEFAULT_CHECKPOINTS", "TrainedModel", "load_model"]
@@ -103,9 +104,9 @@ def load_model(
     path = Path(checkpoint)
     cls = TASKS[task]
     # dual_encoder: a re-ranker's training-time helper, not needed to score pairs
-    module = cls.from_checkpoint(path, **({"dual_encoder": None} if task == "rerank" else {}))
+    state = read_checkpoint(path)
+    module = cls.from_state(state, path, **({"dual_encoder": None} if task == "rerank" else {}))
     module.eval().to(device)
-    state = module.checkpoint_state
     carried = next((v["prepared"] for v in state.values() if isinstance(v, dict) and "prepared" in v), None)
     if prepared is not None:
         featurization = Featurization.from_prepared(prepared)

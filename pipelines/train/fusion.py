@@ -91,27 +91,29 @@ class FusionModule(pl.LightningModule):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, **overrides) -> FusionModule:
-        """The task module a checkpoint holds, with its trained weights (in train mode, on the CPU).
+        """The task module a checkpoint file holds, with its trained weights (:meth:`from_state` of
+        :func:`read_checkpoint`)."""
+        return cls.from_state(read_checkpoint(Path(checkpoint)), checkpoint, **overrides)
+
+    @classmethod
+    def from_state(cls, state: dict, checkpoint: str | Path, **overrides) -> FusionModule:
+        """The task module of a read checkpoint (``state``), with its trained weights (train mode, CPU).
 
         The class is the one the checkpoint records, looked up by name among ``cls`` and its subclasses
         (never imported from the file: a checkpoint names no code to run); its settings are the saved
-        hyper-parameters, updated with ``overrides``. The rest of the checkpoint (without its weights and
-        optimiser states) is kept as ``module.checkpoint_state``: e.g. the data module's record of how its
-        data was prepared, which inference reads.
+        hyper-parameters, updated with ``overrides``.
 
         Raises:
-            FileNotFoundError: no such file.
-            ValueError: not a readable checkpoint, a checkpoint of a class that is not ``cls`` (or one
-                of its subclasses), or weights that do not fit the class (naming the first mismatch).
+            ValueError: a checkpoint of a class that is not ``cls`` (or one of its subclasses), or weights
+                that do not fit the class (naming the first mismatch); ``checkpoint`` names it.
         """
-        path = Path(checkpoint)
-        state = read_checkpoint(path)
         hparams = dict(state.get("hyper_parameters") or {})
         recorded = (state.get("mmhsa_class") or hparams.get("_class_path", "")).rsplit(".", 1)[-1]
         found = next((c for c in (cls, *_subclasses(cls)) if c.__name__ == recorded), None)
         if found is None:
             raise ValueError(
-                f"checkpoint {path} is a {recorded or 'unknown'} model; this command needs a {cls.__name__} checkpoint"
+                f"checkpoint {checkpoint} is a {recorded or 'unknown'} model; this command needs a "
+                f"{cls.__name__} checkpoint"
             )
         hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
         module = found(**{**hparams, "init_from": None, **overrides})  # the weights below are the trained ones
@@ -120,10 +122,9 @@ class FusionModule(pl.LightningModule):
         except RuntimeError as err:  # e.g. a checkpoint from an earlier mmhsa whose layers had other shapes
             first = str(err).split("\n\t", 2)[1] if "\n\t" in str(err) else str(err)
             raise ValueError(
-                f"checkpoint {path}: its weights do not fit this version of {found.__name__} ({first}); "
+                f"checkpoint {checkpoint}: its weights do not fit this version of {found.__name__} ({first}); "
                 "it was probably saved by an earlier mmhsa: retrain it (make train)"
             ) from None
-        module.checkpoint_state = {k: v for k, v in state.items() if k not in ("state_dict", "optimizer_states")}
         return module
 
     def load_encoder(self, checkpoint: str) -> None:

@@ -204,23 +204,17 @@ def test_rerun_skips_redoes_lost_and_corrupt_shards(corpus, models, index, tmp_p
         assert torch.allclose(after.video_vectors[i], before.video_vectors[order[v["path"]]], atol=1e-5)
 
 
+def index_command(corpus, models, out) -> list[str]:
+    """``mmhsa index`` of the corpus's videos with the retrieval model, one video per step, in a process."""
+    videos, ckpt = str(corpus / "videos"), str(models["retrieval"])
+    return [sys.executable, "-m", "pipelines.cli", "index", "--videos", videos, "--out", str(out), "--ckpt", ckpt,
+            "--batch-size", "1"]  # fmt: skip
+
+
 @pytest.mark.slow
 def test_kill_9_while_indexing_loses_and_duplicates_nothing(corpus, models, tmp_path):
     out = tmp_path / "ix"
-    command = [
-        sys.executable,
-        "-m",
-        "pipelines.cli",
-        "index",
-        "--videos",
-        str(corpus / "videos"),
-        "--out",
-        str(out),
-        "--ckpt",
-        str(models["retrieval"]),
-        "--batch-size",
-        "1",
-    ]
+    command = index_command(corpus, models, out)
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"}
     )
@@ -392,18 +386,7 @@ def test_index_with_two_ddp_processes(corpus, models, index, tmp_path):
     out = tmp_path / "ix"
     run = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "pipelines.cli",
-            "index",
-            "--videos",
-            str(corpus / "videos"),
-            "--out",
-            str(out),
-            "--ckpt",
-            str(models["retrieval"]),
-            "--batch-size",
-            "1",
+            *index_command(corpus, models, out),
             "--accelerator",
             "cpu",
             "--devices",
