@@ -269,10 +269,9 @@ class Featurization:
 
         parser = ArgumentParser()  # builds the nested dataclasses from plain dicts, checking every field
         parser.add_class_arguments(cls, nested_key=None)
+        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in 4.49
         return cls(
-            **parser.instantiate_classes(
-                parser.parse_object({k: config.get(k, {}) for k in ("video", "frames", "text", "limits")})
-            )
+            **instantiate(parser.parse_object({k: config.get(k, {}) for k in ("video", "frames", "text", "limits")}))
         )
 
     @classmethod

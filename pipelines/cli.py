@@ -82,6 +82,13 @@ def _inference_parsers(sub) -> None:
     p.add_argument("--strategy", default="auto")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_model_args(p, "retrieval")
+    p.add_argument(
+        "--zero-shot",
+        default=None,
+        metavar="RECIPE",
+        help="no checkpoint: CLIP zero-shot (meanP) with the open_clip frame encoder of this data recipe "
+        "(or prepared directory); search then needs no --ckpt either",
+    )
     p = sub.add_parser("search", help="text-to-video search over an index")
     p.add_argument("index")
     p.add_argument("query")
@@ -117,6 +124,7 @@ def _run_inference(args) -> int:
             args.out,
             checkpoint=args.ckpt,
             prepared=args.prepared,
+            zero_shot=args.zero_shot,
             batch_size=args.batch_size,
             accelerator=args.accelerator,
             devices=devices,

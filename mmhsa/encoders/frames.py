@@ -33,8 +33,8 @@ class PatchEncoderConfig:
     Attributes:
         source: "timm" or "open_clip".
         name: the architecture (timm model name or open_clip model name).
-        weights: a checkpoint path (timm: a state dict, ``.pth``/``.pt``/``.bin``; open_clip: also
-            ``.safetensors``); None means the shipped EfficientNet-Lite0 weights (only for
+        weights: a checkpoint path (a state dict, ``.pth``/``.pt``/``.bin``, or ``.safetensors``; for timm
+            also a Hugging Face snapshot folder); None means the shipped EfficientNet-Lite0 weights (only for
             ``efficientnet_lite0``), or for open_clip a ``name`` of the form ``local-dir:/path`` (a Hugging
             Face snapshot folder: ``open_clip_config.json`` and its weights); "random" an untrained model
             (tests).

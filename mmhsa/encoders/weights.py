@@ -5,8 +5,8 @@ have and weights of the wrong shape are each counted and the first names given, 
 path. ``partial=True`` is the explicit way out: what fits is loaded, the rest stays at its random
 initialisation, and a warning lists it (the names are also returned, for the prepared data's manifest).
 
-- timm models take a state dict (the classifier head and a ``module.`` prefix left out; a ViT's position
-  table resampled to the model's size).
+- timm models take a state dict, a ``.safetensors`` file or a snapshot folder (the classifier head and a
+  ``module.`` prefix left out; a ViT's position table resampled to the model's size).
 - open_clip models take what open_clip reads (``.pt``/``.pth``/``.bin``/``.safetensors`` files, or a
   ``local-dir:`` Hugging Face snapshot folder), massaged by open_clip's own loader (third-party layouts
   converted, position tables resized) before the same strict check.
@@ -35,6 +35,7 @@ OPEN_CLIP_FILES = (
     "model.safetensors",
     "pytorch_model.bin",
 )
+TIMM_FILES = ("model.safetensors", "pytorch_model.bin")  # in a timm model's Hugging Face snapshot folder
 # weights of pretraining or task heads a base encoder leaves out (BERT's MLM/NSP heads, a classifier)
 HF_HEADS = ("cls.", "lm_head.", "classifier.", "pre_classifier.", "qa_outputs.", "discriminator_predictions.")
 
@@ -79,8 +80,23 @@ def fit_state(model: torch.nn.Module, state: dict, path, target: str, partial: b
     return missing + wrong
 
 
+def _timm_file(path: str) -> Path:
+    """The weight file: ``path``, or in a Hugging Face snapshot folder (timm's hub layout) its weights."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    found = next((path / f for f in TIMM_FILES if (path / f).is_file()), None)
+    if found is None:
+        raise ValueError(f"frame encoder weights {path}: a folder without {' or '.join(TIMM_FILES)}")
+    return found
+
+
 def load_timm_weights(model: torch.nn.Module, path: str, name: str, partial: bool = False) -> list[str]:
     """Load a checkpoint of the user's into a timm model, strictly unless ``partial`` (:func:`fit_state`).
+
+    ``path``: a state dict (``.pth``/``.pt``/``.bin``, read without running code; a ``state_dict`` or
+    ``model`` entry of a training checkpoint is taken), a ``.safetensors`` file, or a Hugging Face snapshot
+    folder holding ``model.safetensors`` or ``pytorch_model.bin``.
 
     The classifier's weights are left out (the model is built without its head, ``num_classes=0``), and so
     is a ``module.`` prefix (a checkpoint saved from DataParallel/DDP).
@@ -88,8 +104,14 @@ def load_timm_weights(model: torch.nn.Module, path: str, name: str, partial: boo
     Raises:
         ValueError: naming the checkpoint: unreadable, or not fitting (:func:`fit_state`).
     """
+    path = _timm_file(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # not a file torch can read without running code
         raise ValueError(
             f"frame encoder weights {path}: not a readable state dict ({type(err).__name__}: {err})"

@@ -2,7 +2,7 @@
 
 Layout of an index directory::
 
-    index.json                the model (path, version), its featurization, embedding width; written once
+    index.json                the model (path, version, kind), its featurization, embedding width; written once
     shards/<name>.pt          per batch of videos: video embeddings [V, E], clip embeddings [C, E],
                               clip times [C, 2] and each clip's video row
     shards/<name>.json        the shard's commit record: sha256 and size of the .pt, its videos'
@@ -15,7 +15,8 @@ a run killed at any moment (kill -9 included) loses nothing already recorded and
 indexing sees complete shards only. Re-running skips every video of a valid shard and retries
 failures; a shard whose checksum fails is reported, set aside (renamed ``*.corrupt``) and its videos
 redone. Each DDP rank embeds its share of the videos (Lightning's unrepeated distributed sampler) and
-writes its own shards.
+writes its own shards. The model is a trained retrieval checkpoint, or (``zero_shot=``, no training
+needed) CLIP meanP over the open_clip frame encoder of a data recipe (:mod:`pipelines.infer.retrievers`).
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ from torch.utils.data import DataLoader
 from data_prep.datasets import VIDEO_EXTENSIONS
 from data_prep.shards import atomic_write, file_sha256
 
-from .checkpoints import TrainedModel, load_model
-from .trees import embed_videos
+from .retrievers import ClipMeanP, TrainedRetriever, load_retriever
 
 __all__ = ["Index", "IndexMismatch", "IndexModule", "IndexWriter", "build_index", "list_videos"]
 
@@ -186,9 +186,9 @@ class _VideoPaths(torch.utils.data.Dataset):
 
 
 class IndexModule(pl.LightningModule):
-    """Batches of video paths -> embeddings with the retrieval model (featurization on the same device)."""
+    """Batches of video paths -> embeddings with the dual encoder (featurization on the same device)."""
 
-    def __init__(self, model: TrainedModel):
+    def __init__(self, model: TrainedRetriever | ClipMeanP):
         super().__init__()
         self.model = model
         self.retrieval = model.module  # registered: Lightning moves it to the rank's device
@@ -216,7 +216,7 @@ class IndexModule(pl.LightningModule):
                 }
             )
             encoded.append(clips)
-        embedded = embed_videos(self.model, encoded) if encoded else []
+        embedded = self.model.embed_videos(encoded) if encoded else []
         return {"videos": videos, "failures": failures, "embeddings": embedded}
 
 
@@ -232,7 +232,7 @@ class IndexWriter(BasePredictionWriter):
         self, trainer, pl_module, prediction: dict, batch_indices, batch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         embedded = prediction["embeddings"]
-        embed_dim = pl_module.retrieval.hparams.embed_dim
+        embed_dim = pl_module.model.embed_dim
         clip_rows = [c for _, c in embedded]
         data = {
             "video_vectors": torch.stack([v for v, _ in embedded]) if embedded else torch.zeros(0, embed_dim),
@@ -266,12 +266,12 @@ class IndexWriter(BasePredictionWriter):
         self.written["shards"] += 1
 
 
-def _open_or_create(root: Path, model: TrainedModel) -> Index:
+def _open_or_create(root: Path, model: TrainedRetriever | ClipMeanP) -> Index:
     """The existing index (checked against the model), or a new one."""
     manifest = {
         "format": FORMAT,
-        "model": {"path": str(model.path.resolve()), "version": model.version},
-        "embed_dim": model.module.hparams.embed_dim,
+        "model": {"path": str(model.path.resolve()), "version": model.version, "kind": model.kind},
+        "embed_dim": model.embed_dim,
         "featurization": model.featurization.to_dict(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -297,6 +297,7 @@ def build_index(
     *,
     checkpoint: str | None = None,
     prepared: str | None = None,
+    zero_shot: str | None = None,
     batch_size: int = 8,
     accelerator: str = "auto",
     devices="auto",
@@ -309,12 +310,15 @@ def build_index(
         sources: folders, list files or videos (:func:`list_videos`).
         out: the index directory (created, or resumed).
         checkpoint: a retrieval checkpoint (default: the one ``make train`` leaves).
-        prepared: featurization source for checkpoints that do not carry it (see :func:`load_model`).
+        prepared: featurization source for checkpoints that do not carry it (see
+            :func:`~pipelines.infer.checkpoints.load_model`).
+        zero_shot: instead of a checkpoint, a data recipe (or prepared directory) whose frame encoder is
+            open_clip: CLIP meanP embeddings, no training needed (:class:`~pipelines.infer.retrievers.ClipMeanP`).
         batch_size: videos per predict step (TransNetV2 scores a batch in one packed stream).
         accelerator, devices, strategy: Lightning's (e.g. ``devices=2, strategy="ddp"``).
     """
     started = time.perf_counter()
-    model = load_model(checkpoint, "retrieval", prepared=prepared)
+    model = load_retriever(checkpoint, prepared, zero_shot)
     root = Path(out)
     videos = list_videos(sources)
     index = _open_or_create(root, model)

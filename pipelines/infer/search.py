@@ -1,8 +1,9 @@
 """``mmhsa search INDEX "text"``: exact text-to-video search over an index (:mod:`pipelines.infer.index`).
 
-The query is embedded by the index's own retrieval model (its version is checked against the one that
-built the index) and compared with every video and every clip embedding (cosine, one matrix product
-in chunks: exact, no approximate structure). Videos are ranked by their whole-video score, or, with
+The query is embedded by the index's own model, a trained retrieval checkpoint or CLIP zero-shot
+(:mod:`pipelines.infer.retrievers`; its version is checked against the one that built the index), and
+compared with every video and every clip embedding (cosine, one matrix product in chunks: exact, no
+approximate structure). Videos are ranked by their whole-video score, or, with
 ``level="clip"``, clips are ranked; each hit names the video, its best clip with timestamps and the scores.
 With a re-rank checkpoint, ``rerank=True`` reorders the top videos with the cross-modal model
 (:mod:`pipelines.train.rerank`) on the joint tree of the query and each video.
@@ -16,6 +17,7 @@ import torch
 
 from .checkpoints import TrainedModel, load_model
 from .index import Index, IndexMismatch
+from .retrievers import recorded_retriever
 from .trees import text_trees, video_trees
 
 __all__ = ["Searcher", "top_k"]
@@ -48,8 +50,8 @@ class Searcher:
 
     Args:
         index: the index directory.
-        checkpoint: the retrieval checkpoint (default: the one recorded in the index); it must be the
-            model version the index was built with.
+        checkpoint: the retrieval checkpoint (default: the model recorded in the index, a checkpoint or
+            CLIP zero-shot); it must be the model version the index was built with.
         prepared: featurization source for checkpoints that do not carry it.
         reranker: a cross-modal re-rank checkpoint (:class:`~pipelines.train.rerank.RerankModule`) for
             ``search(..., rerank=True)``.
@@ -64,7 +66,7 @@ class Searcher:
         self.index = Index.open(index)
         self.reranker: TrainedModel | None = load_model(reranker, "rerank", prepared=prepared) if reranker else None
         recorded = self.index.manifest["model"]
-        self.model: TrainedModel = load_model(checkpoint or recorded["path"], "retrieval", prepared=prepared)
+        self.model = recorded_retriever(self.index.manifest, checkpoint, prepared)
         if self.model.version != recorded["version"]:
             raise IndexMismatch(
                 f"{index} was built with model {recorded['version']} ({recorded['path']}); the model "
@@ -72,12 +74,9 @@ class Searcher:
                 "the index's model"
             )
 
-    @torch.no_grad()
     def embed(self, queries: list[str]) -> tuple[torch.Tensor, list[dict]]:
         """[Q, E] unit query vectors; and what the limits dropped of each (very long queries)."""
-        trees, dropped = text_trees(self.model, queries)
-        module = self.model.module
-        return module.embed(trees.to(module.device), "text").float().cpu(), dropped
+        return self.model.embed_texts(queries)
 
     def search(self, query: str, k: int = 10, level: str = "video", rerank: bool = False) -> dict:
         """The top ``k`` videos (``level="video"``) or clips (``level="clip"``) for ``query``; with
