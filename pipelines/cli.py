@@ -89,9 +89,17 @@ def _inference_parsers(sub) -> None:
         help="no checkpoint: CLIP zero-shot (meanP) with the open_clip frame encoder of this data recipe "
         "(or prepared directory); search then needs no --ckpt either",
     )
-    p = sub.add_parser("search", help="text-to-video search over an index")
+    p = sub.add_parser("search", help="text-to-video search over an index (or, with --eval, its R@k)")
     p.add_argument("index")
-    p.add_argument("query")
+    p.add_argument("query", nargs="?", help="what to search for (not with --eval)")
+    p.add_argument(
+        "--eval",
+        default=None,
+        metavar="ANNOTATIONS",
+        help="score the index instead: the captions of --split in this annotations.jsonl are the queries, "
+        "each of its own video (t2v/v2t R@1/5/10, MdR, MnR)",
+    )
+    p.add_argument("--split", default="test", help="with --eval: whose captions are the queries")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--level", choices=("video", "clip"), default="video", help="rank whole videos or clips")
     p.add_argument("--rerank", action="store_true", help="reorder the top-k videos with the cross-modal re-ranker")
@@ -142,7 +150,13 @@ def _run_inference(args) -> int:
         from pipelines.infer.search import Searcher
 
         reranker = (args.rerank_ckpt or str(DEFAULT_CHECKPOINTS["rerank"])) if args.rerank else None
+        if (args.query is None) == (args.eval is None):
+            raise ValueError('give a "query" to search for, or --eval ANNOTATIONS to score the index')
         searcher = Searcher(args.index, args.ckpt, args.prepared, reranker=reranker)
+        if args.eval:
+            scores = searcher.evaluate(args.eval, args.split)
+            print(json.dumps(scores, indent=1) if args.json else _format_scores(scores, args.index))
+            return 0
         result = searcher.search(args.query, args.top_k, args.level, rerank=args.rerank)
         if args.json:
             print(json.dumps(result, indent=1, ensure_ascii=False))
@@ -181,6 +195,16 @@ def _run_inference(args) -> int:
     start, end = result["times"][best]
     print(f"{args.out}: most attention on clip {best} [{start:.1f}-{end:.1f} s] ({result['clips'][best]:.2f} of it)")
     return 0
+
+
+def _format_scores(scores: dict, index: str) -> str:
+    lines = [f"{index}: {scores['queries']} queries, {scores['videos']} videos"]
+    for direction in ("t2v", "v2t"):
+        lines.append(f"  {direction}  " + "  ".join(
+            f"{m} {scores[f'{direction}_{m}']:.4f}" for m in ("R@1", "R@5", "R@10", "MdR", "MnR")))  # fmt: skip
+    if scores["not_indexed"]:
+        lines.append(f"  {len(scores['not_indexed'])} videos of the split are not in the index (not scored)")
+    return "\n".join(lines)
 
 
 def _print_index_report(report: dict) -> None:

@@ -6,7 +6,9 @@ compared with every video and every clip embedding (cosine, one matrix product i
 approximate structure). Videos are ranked by their whole-video score, or, with
 ``level="clip"``, clips are ranked; each hit names the video, its best clip with timestamps and the scores.
 With a re-rank checkpoint, ``rerank=True`` reorders the top videos with the cross-modal model
-(:mod:`pipelines.train.rerank`) on the joint tree of the query and each video.
+(:mod:`pipelines.train.rerank`) on the joint tree of the query and each video. :meth:`Searcher.evaluate`
+scores an index against captions of its videos (an ``annotations.jsonl``), with the metrics retrieval
+papers report: the same number for a trained model's index and a zero-shot one.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
+from data_prep.datasets import read_jsonl_folder
+from pipelines.train.metrics import recall_summary, retrieval_ranks
 
 from .checkpoints import TrainedModel, load_model
 from .index import Index, IndexMismatch
@@ -116,6 +121,48 @@ class Searcher:
         if rerank:
             hits = self._rerank(query, hits)
         return {"query": query, "level": level, "dropped": dropped[0], "hits": hits}
+
+    def evaluate(self, annotations: str | Path, split: str = "test", batch_size: int = 256) -> dict:
+        """Text-to-video and video-to-text retrieval over the index, the queries being the captions of
+        ``split`` in an ``annotations.jsonl`` (:mod:`data_prep.datasets.jsonl`) whose videos the index holds.
+
+        The gallery is every video of the index (index just the split's videos to score as a benchmark
+        does); a query's correct video is its own. Returns ``{"t2v_R@1", ..., "t2v_MdR", "t2v_MnR", "v2t_...",
+        "queries", "videos", "not_indexed"}`` (the split's videos the index lacks, by path).
+
+        Raises:
+            ValueError: the file has no caption of ``split`` for an indexed video (naming the file).
+        """
+        annotations = Path(annotations)
+        items, _ = read_jsonl_folder(annotations.parent, annotations.name)
+        row = {path: v for v, path in enumerate(v["path"] for v in self.index.videos)}
+        queries, owner, not_indexed = [], [], []
+        for item in items:
+            if item.split != split or not getattr(item, "captions", None):
+                continue
+            v = row.get(str(Path(item.video).resolve()))
+            if v is None:
+                not_indexed.append(str(item.video))
+                continue
+            queries += item.captions
+            owner += [v] * len(item.captions)
+        if not queries:
+            raise ValueError(
+                f"{annotations}: no caption of split {split!r} belongs to a video of {self.index.root} "
+                f"({len(not_indexed)} of its videos are not indexed)"
+            )
+        texts = torch.cat([self.embed(queries[at : at + batch_size])[0] for at in range(0, len(queries), batch_size)])
+        videos, owner = self.index.video_vectors, torch.tensor(owner)
+        described = torch.unique(owner)  # v2t: each described video against every query
+        t2v = retrieval_ranks(texts, videos, lambda q: owner[q][:, None] == torch.arange(len(videos))[None])
+        v2t = retrieval_ranks(videos[described], texts, lambda q: described[q][:, None] == owner[None])
+        return {
+            **{k: round(v, 4) for k, v in recall_summary(t2v, prefix="t2v_").items()},
+            **{k: round(v, 4) for k, v in recall_summary(v2t, prefix="v2t_").items()},
+            "queries": len(queries),
+            "videos": len(videos),
+            "not_indexed": not_indexed,
+        }
 
     @torch.no_grad()
     def _rerank(self, query: str, hits: list[dict]) -> list[dict]:

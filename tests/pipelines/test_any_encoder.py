@@ -177,6 +177,18 @@ def test_my_videos_with_my_clip_recipe_pair(weights, corpus, tmp_path, capsys):
     assert len(hits) == 10 and all(h["video"].endswith(".mp4") for h in hits)
     recorded = json.loads((Path(zero_shot) / "index.json").read_text())["model"]
     assert recorded["kind"] == "clip_meanp" and recorded["version"].startswith("ClipMeanP:")
+    annotations = str(data / "annotations.jsonl")
+    assert main(["search", zero_shot, "--eval", annotations, "--json"]) == 0  # the number to beat
+    before = json.loads(capsys.readouterr().out)
+    assert before["queries"] == 4 and before["videos"] == 10 and 0 < before["t2v_R@10"] <= 1
+    ranks = []  # the same ranks through plain searches, one per test caption
+    for line in (data / "annotations.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        for caption in row["captions"] if row["split"] == "test" else []:
+            main(["search", zero_shot, caption, "--json"])
+            hits = [Path(h["video"]).name for h in json.loads(capsys.readouterr().out)["hits"]]
+            ranks.append(1 + hits.index(Path(row["video"]).name))
+    assert before["t2v_R@1"] == sum(r == 1 for r in ranks) / 4 and before["t2v_MnR"] == sum(ranks) / 4
 
     run = ["-c", "configs/my_videos_clip_retrieval.yaml", "--data.data_dir", str(prepared / "retrieval"),
            "--trainer.default_root_dir", str(tmp_path / "run"), *SMALL_MODEL]  # fmt: skip
@@ -191,6 +203,9 @@ def test_my_videos_with_my_clip_recipe_pair(weights, corpus, tmp_path, capsys):
     capsys.readouterr()
     assert main(["search", trained, "a red circle moves up", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["hits"]) == 10
+    assert main(["search", trained, "--eval", annotations]) == 0
+    table = capsys.readouterr().out
+    assert "4 queries, 10 videos" in table and "t2v  R@1" in table and "v2t  R@1" in table
 
 
 def test_clip_meanp_embeddings(weights):
