@@ -50,7 +50,7 @@ from .datasets import (
 )
 from .featurize import VIDEO_ERRORS, Opened, Stages, TextFeaturizer, VideoConfig, VideoFeaturizer
 from .schema import Sample, answer_key
-from .shards import ShardWriter
+from .shards import DiskFull, ShardWriter
 from .synthetic import CorpusConfig, generate
 from .text import parse_subtitles, read_subtitle_file, sections_from_cues, sections_from_paragraphs, split_sentences
 from .video import Video
@@ -434,7 +434,9 @@ def build_parser():
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, debug: bool = False) -> int:
+    """``mmhsa prepare``: exit 0, 1 (some items failed, or the disk is full) or 2 (usage; a strict stop);
+    ``debug`` shows the traceback of an error instead of its one line."""
     parser = build_parser()
     args = parser.parse_args(argv)
     progress = args.pop("progress")
@@ -444,9 +446,18 @@ def main(argv: list[str] | None = None) -> int:
         config = PrepareConfig(**{k: v for k, v in config.items() if k in PrepareConfig.__dataclass_fields__})
         report = prepare(config, progress=progress)
     except PrepareError as error:
+        if debug:
+            raise
         print(f"stopped (strict): {error}", file=sys.stderr)
         return 2
+    except DiskFull as error:
+        if debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, ValueError) as error:
+        if debug:
+            raise
         print(f"error: {error}", file=sys.stderr)
         return 2
     _print_report(report)

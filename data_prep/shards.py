@@ -7,14 +7,19 @@
 
 Every file is written atomically (temp file + rename) and the manifest last, so a killed run leaves
 only complete shards; re-running with the same config skips the samples already written (and
-retries the failed ones). :class:`ShardDataset` reads it back for training, checking checksums.
+retries the failed ones). A full disk stops the run with :class:`DiskFull` (the directory, the bytes
+needed and free), its temporary file removed and the directory as it was before that write.
+:class:`ShardDataset` reads it back for training, checking checksums.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,9 +31,20 @@ from mmhsa import Hierarchy
 
 from .schema import Sample
 
-__all__ = ["ShardDataset", "ShardWriter", "atomic_write", "config_hash", "file_sha256", "read_failures"]
+__all__ = [
+    "DiskFull",
+    "ShardDataset",
+    "ShardWriter",
+    "atomic_write",
+    "config_hash",
+    "file_sha256",
+    "read_failures",
+    "remove_temporaries",
+    "tensor_bytes",
+]
 
 MANIFEST, FAILURES = "manifest.json", "failures.jsonl"
+TMP_PREFIX = "."  # temporary files are hidden: ".<name>.tmp-<pid>"
 # Sample meta counted per value in each shard entry and the manifest's counts: meta key -> counts key.
 COUNTED_META = {"split": "splits", "subtitles_encoding": "subtitle_encodings"}
 FORMAT_VERSION = 1
@@ -39,14 +55,49 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+class DiskFull(OSError):
+    """No space left to write a file: names the directory, the bytes needed and the bytes free."""
+
+
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part.
+
+    Raises:
+        DiskFull: the disk (or quota) is full; the temporary file is removed and ``path`` is as it was.
+    """
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        free = shutil.disk_usage(path.parent).free
+        raise DiskFull(
+            err.errno,
+            f"{path.parent}: no space left to write {path.name} ({len(data):,} bytes needed, {free:,} free); "
+            "what was written before is intact: free some space and run the same command again",
+        ) from None
+
+
+def tensor_bytes(obj) -> bytes:
+    """``torch.save`` of ``obj`` into memory (then written with :func:`atomic_write`)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def remove_temporaries(directory: Path) -> list[str]:
+    """Delete the temporary files crashed runs left in ``directory`` (call only while holding its lock);
+    returns their names."""
+    found = sorted(p for p in directory.glob(f"{TMP_PREFIX}*.tmp*") if p.is_file()) if directory.is_dir() else []
+    for path in found:
+        path.unlink(missing_ok=True)
+    return [p.name for p in found]
 
 
 def file_sha256(path: Path) -> str:
@@ -160,9 +211,7 @@ class ShardWriter:
         if self.buffer:
             path = self.dir / f"shard-{len(self.shards):05d}.pt"
             records = [_to_record(s) for s in self.buffer]
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            torch.save(records, tmp)
-            os.replace(tmp, path)
+            atomic_write(path, tensor_bytes(records))
             self.shards.append(
                 {
                     "file": path.name,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata as metadata
 import json
+import pickle
 import sys
 
 PACKAGES = (
@@ -69,6 +70,12 @@ def _add_model_args(parser: argparse.ArgumentParser, task: str) -> None:
         default=None,
         help="for checkpoints that do not record their featurization: the "
         "prepared directory or data recipe they were trained on",
+    )
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="load a checkpoint holding more than tensors and plain values (loading it can run code: only "
+        "for a checkpoint you trust)",
     )
 
 
@@ -133,6 +140,7 @@ def _run_inference(args) -> int:
             checkpoint=args.ckpt,
             prepared=args.prepared,
             zero_shot=args.zero_shot,
+            trust_checkpoint=args.trust_checkpoint,
             batch_size=args.batch_size,
             accelerator=args.accelerator,
             devices=devices,
@@ -152,7 +160,9 @@ def _run_inference(args) -> int:
         reranker = (args.rerank_ckpt or str(DEFAULT_CHECKPOINTS["rerank"])) if args.rerank else None
         if (args.query is None) == (args.eval is None):
             raise ValueError('give a "query" to search for, or --eval ANNOTATIONS to score the index')
-        searcher = Searcher(args.index, args.ckpt, args.prepared, reranker=reranker)
+        searcher = Searcher(
+            args.index, args.ckpt, args.prepared, reranker=reranker, trust_checkpoint=args.trust_checkpoint
+        )
         if args.eval:
             scores = searcher.evaluate(args.eval, args.split)
             print(json.dumps(scores, indent=1) if args.json else _format_scores(scores, args.index))
@@ -176,7 +186,7 @@ def _run_inference(args) -> int:
     if args.command == "ask":
         from pipelines.infer.ask import Asker, answer_csv, print_answer
 
-        asker = Asker(args.ckpt, args.prepared)
+        asker = Asker(args.ckpt, args.prepared, trust_checkpoint=args.trust_checkpoint)
         if args.csv:
             if not args.videos:
                 raise ValueError("--csv needs --videos (the folder of the CSV's videos)")
@@ -190,7 +200,14 @@ def _run_inference(args) -> int:
         return 0
     from pipelines.infer.explain import explain
 
-    result = explain(args.video, args.text, args.out, checkpoint=args.ckpt, prepared=args.prepared)
+    result = explain(
+        args.video,
+        args.text,
+        args.out,
+        checkpoint=args.ckpt,
+        prepared=args.prepared,
+        trust_checkpoint=args.trust_checkpoint,
+    )
     best = max(range(len(result["clips"])), key=result["clips"].__getitem__)
     start, end = result["times"][best]
     print(f"{args.out}: most attention on clip {best} [{start:.1f}-{end:.1f} s] ({result['clips'][best]:.2f} of it)")
@@ -221,27 +238,67 @@ def _print_index_report(report: dict) -> None:
             )
     for problem in report["corrupt_set_aside"]:
         print(f"  set aside (will be redone): {problem}")
+    for path in report["changed"]:
+        print(f"  changed since indexed, indexed again: {path}")
+    for path in report["deleted"]:
+        print(f"  deleted since indexed, dropped from the index: {path}")
+    cleaned = report.get("cleaned") or {}
+    if any(cleaned.values()):
+        print(f"  removed what crashed runs left: {cleaned['temporaries']} temporary files, "
+              f"{cleaned['unrecorded_shards']} shards without a record")  # fmt: skip
     if report["failed"]:
         print(f"  failures: see {report['index']}/failures.jsonl")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    """The value given to ``flag`` (``--flag value`` or ``--flag=value``) in ``argv``."""
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(f"{flag}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _one_line(error: BaseException) -> str:
+    """An expected failure as one line: jsonargparse's wrapping (a model that failed to build inside a
+    Union of types) is peeled off to the error the model raised."""
+    text = str(error)
+    if "\nErrors:\n" in text:  # "- <the model's error>" lines follow
+        first = text.split("\nErrors:\n", 1)[1].strip().split("\n", 1)[0]
+        text = first.removeprefix("- ").strip() or text
+    return " ".join(text.split())
+
+
+def _lightning(argv: list[str]) -> int:
+    from pipelines.train.lightning_cli import lightning_cli
+
+    try:
+        lightning_cli(argv)
+    except pickle.UnpicklingError as error:  # --ckpt_path names a file that a weights-only load refuses
+        from pipelines.train.fusion import refused_global
+
+        if not refused_global(error):
+            raise ValueError(
+                f"checkpoint {_flag_value(argv, '--ckpt_path')}: not a readable checkpoint ({error})"
+            ) from None
+        raise ValueError(
+            f"checkpoint {_flag_value(argv, '--ckpt_path')}: holds {refused_global(error) or 'an object'}, not only "
+            "tensors and plain values; refused, as loading it could run code. Only for a checkpoint you trust: "
+            "--weights_only false"
+        ) from None
+    return 0
+
+
+def _dispatch(argv: list[str], debug: bool) -> int:
     if argv[:1] == ["prepare"]:  # its own (jsonargparse) parser takes every further argument
         from data_prep.prepare import main as prepare_main
 
-        return prepare_main(argv[1:])
+        return prepare_main(argv[1:], debug=debug)
     if argv[:1] and argv[0] in LIGHTNING_COMMANDS:
-        from pipelines.train.data import MissingSplit
-        from pipelines.train.lightning_cli import lightning_cli
-
-        try:
-            lightning_cli(argv)
-        except (MissingSplit, FileNotFoundError) as error:  # the data asked for is not there: a usage error
-            print(f"mmhsa {argv[0]}: error: {error}", file=sys.stderr)
-            return 2
-        return 0
+        return _lightning(argv)
     parser = argparse.ArgumentParser(prog="mmhsa", description="Multi-modal video understanding with HSA.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (any command)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="installed versions and the HSA backends available here")
     sub.add_parser("prepare", help="videos + annotations -> hierarchy shards (see `mmhsa prepare --help`)")
@@ -250,19 +307,37 @@ def main(argv: list[str] | None = None) -> int:
     _inference_parsers(sub)
     args = parser.parse_args(argv)
     if args.command in INFERENCE_COMMANDS:
-        try:
-            return _run_inference(args)
-        except (FileNotFoundError, ValueError) as error:
-            print(f"mmhsa {args.command}: error: {error}", file=sys.stderr)
-            return 2
-    if args.command == "info":
-        report = info()
-        print(f"mmhsa {report['mmhsa']} (python {report['python']})")
-        for name, version in report["packages"].items():
-            print(f"  {name:34s} {version or 'not installed'}")
-        for device, names in report["backends"].items():
-            print(f"  HSA backends on {device}: {', '.join(names)}")
+        return _run_inference(args)
+    report = info()
+    print(f"mmhsa {report['mmhsa']} (python {report['python']})")
+    for name, version in report["packages"].items():
+        print(f"  {name:34s} {version or 'not installed'}")
+    for device, names in report["backends"].items():
+        print(f"  HSA backends on {device}: {', '.join(names)}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``mmhsa`` command. Expected failures (bad input, missing files, refused checkpoints, a full disk)
+    are one line on stderr and exit status 2 (1 for a full disk: the run itself was fine); ``--debug``
+    anywhere on the line shows their traceback instead."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    from data_prep.shards import DiskFull
+
+    try:
+        return _dispatch(argv, debug)
+    except DiskFull as error:
+        if debug:
+            raise
+        print(f"mmhsa {argv[0]}: error: {error}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError, UnicodeError) as error:  # MissingSplit, IndexMismatch: ValueErrors
+        if debug:
+            raise
+        print(f"mmhsa {(argv or ['?'])[0]}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

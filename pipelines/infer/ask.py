@@ -38,8 +38,16 @@ class Asker:
         prepared: featurization source for checkpoints that do not carry it.
     """
 
-    def __init__(self, checkpoint: str | None = None, prepared: str | None = None, device: str = "cpu"):
-        self.model: TrainedModel = load_model(checkpoint, "qa", prepared=prepared, device=device)
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        prepared: str | None = None,
+        device: str = "cpu",
+        trust_checkpoint: bool = False,
+    ):
+        self.model: TrainedModel = load_model(
+            checkpoint, "qa", prepared=prepared, device=device, trust=trust_checkpoint
+        )
         self.vocabulary: list[str] | None = getattr(self.model.module, "vocabulary", None)  # open-ended
 
     def clips(self, video: str | Path) -> list[ClipLeaves]:

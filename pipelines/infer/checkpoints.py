@@ -77,7 +77,12 @@ def file_version(path: Path, class_name: str) -> str:
 
 
 def load_model(
-    checkpoint: str | Path | None, task: str, *, prepared: str | Path | None = None, device: str | torch.device = "cpu"
+    checkpoint: str | Path | None,
+    task: str,
+    *,
+    prepared: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    trust: bool = False,
 ) -> TrainedModel:
     """Load a trained task module for inference.
 
@@ -87,6 +92,8 @@ def load_model(
             (:class:`~pipelines.train.qa.QAModule`) or "rerank" (:class:`~pipelines.train.rerank.RerankModule`).
         prepared: where the featurization comes from when the checkpoint does not carry it (or to override
             it): a prepared task directory or a data recipe YAML.
+        trust: load objects other than tensors and plain values too (``--trust-checkpoint``; see
+            :func:`~pipelines.train.fusion.read_checkpoint`).
 
     Raises:
         FileNotFoundError: no such checkpoint (naming it, and ``make train`` for the default).
@@ -104,7 +111,7 @@ def load_model(
     path = Path(checkpoint)
     cls = TASKS[task]
     # dual_encoder: a re-ranker's training-time helper, not needed to score pairs
-    state = read_checkpoint(path)
+    state = read_checkpoint(path, trust)
     module = cls.from_state(state, path, **({"dual_encoder": None} if task == "rerank" else {}))
     module.eval().to(device)
     carried = next((v["prepared"] for v in state.values() if isinstance(v, dict) and "prepared" in v), None)

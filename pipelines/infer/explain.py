@@ -145,9 +145,16 @@ def plot_attention(result: dict, out: str | Path, top_frames: int = 3) -> Path:
     return out
 
 
-def explain(video: str, text: str, out: str, checkpoint: str | None = None, prepared: str | None = None) -> dict:
+def explain(
+    video: str,
+    text: str,
+    out: str,
+    checkpoint: str | None = None,
+    prepared: str | None = None,
+    trust_checkpoint: bool = False,
+) -> dict:
     """:func:`attention_map` with the QA model, drawn to ``out`` (PNG) and written next to it as JSON."""
-    model = load_model(checkpoint, "qa", prepared=prepared)
+    model = load_model(checkpoint, "qa", prepared=prepared, trust=trust_checkpoint)
     result = attention_map(model, video, text)
     plot_attention(result, out)
     Path(out).with_suffix(".json").write_text(json.dumps(result), encoding="utf-8")

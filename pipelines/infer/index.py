@@ -21,8 +21,8 @@ needed) CLIP meanP over the open_clip frame encoder of a data recipe (:mod:`pipe
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -35,13 +35,15 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
 from data_prep.datasets import VIDEO_EXTENSIONS
-from data_prep.shards import atomic_write, file_sha256
+from data_prep.locking import DirectoryLock, first_process
+from data_prep.shards import atomic_write, file_sha256, remove_temporaries, tensor_bytes
 
 from .retrievers import ClipMeanP, TrainedRetriever, load_retriever
 
 __all__ = ["Index", "IndexMismatch", "IndexModule", "IndexWriter", "build_index", "list_videos"]
 
 FORMAT = 1
+FINGERPRINT_BYTES = 1 << 20
 
 
 class IndexMismatch(ValueError):
@@ -86,6 +88,7 @@ class Index:
         failures: the latest failure per video not indexed since.
         corrupt: shard records whose shard file is missing or fails its checksum.
         incomplete: shard files without a record (a run was killed while writing them).
+        set_aside: shards an earlier run found corrupt and renamed (their videos wait to be indexed again).
     """
 
     root: Path
@@ -98,6 +101,7 @@ class Index:
     failures: list[dict] = field(default_factory=list)
     corrupt: list[str] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)
+    set_aside: list[str] = field(default_factory=list)
 
     @property
     def version(self) -> str:
@@ -117,6 +121,9 @@ class Index:
     def open(cls, root: str | Path, set_aside: bool = False) -> Index:
         """Read every valid shard; ``set_aside`` renames corrupt shards so the next run redoes their videos.
 
+        Records are read in the order they were written: a video indexed again (it changed) replaces its
+        earlier entry, and a record's ``removed`` paths (deleted videos) drop theirs.
+
         Raises:
             FileNotFoundError: ``root`` is not an index (no index.json).
         """
@@ -132,8 +139,9 @@ class Index:
         records = sorted(shards.glob("*.json")) if shards.is_dir() else []
         recorded = {r.with_suffix(".pt") for r in records}
         index.incomplete = sorted(str(p) for p in shards.glob("*.pt") if p not in recorded) if shards.is_dir() else []
+        index.set_aside = sorted(p.name for p in shards.glob("*.pt.corrupt")) if shards.is_dir() else []
         embed_dim = manifest["embed_dim"]
-        vectors, clips, clip_video, clip_times, failed = [], [], [], [], {}
+        loaded, failed = [], {}  # loaded: (record, shard tensors) in the order written
         for record_path in records:
             record = json.loads(record_path.read_text(encoding="utf-8"))
             shard = record_path.with_suffix(".pt")
@@ -149,20 +157,33 @@ class Index:
                         if p.exists():
                             p.rename(p.with_name(p.name + ".corrupt"))
                 continue
-            for failure in record["failures"]:
-                failed[failure["path"]] = failure
-            if not record["videos"]:
-                continue
             data = torch.load(shard, map_location="cpu", weights_only=True)
             if data["video_vectors"].shape[1] != embed_dim:
                 raise IndexMismatch(
                     f"{shard}: embeddings of width {data['video_vectors'].shape[1]}, the index's is {embed_dim}"
                 )
-            clip_video.append(data["clip_video"] + len(index.videos))
-            index.videos += record["videos"]
-            vectors.append(data["video_vectors"])
-            clips.append(data["clip_vectors"])
-            clip_times.append(data["clip_times"])
+            loaded.append((record, data))
+        loaded.sort(key=lambda rd: rd[0].get("created", 0.0))
+        latest: dict[str, tuple[int, int]] = {}  # path -> (record, row) of its entry in force
+        for r, (record, _) in enumerate(loaded):
+            for failure in record["failures"]:
+                failed[failure["path"]] = failure
+            for path in record.get("removed", []):
+                latest.pop(path, None)
+                failed.pop(path, None)
+            for v, video in enumerate(record["videos"]):
+                latest[video["path"]] = (r, v)
+        vectors, clips, clip_video, clip_times = [], [], [], []
+        for r, (record, data) in enumerate(loaded):
+            for v, video in enumerate(record["videos"]):
+                if latest.get(video["path"]) != (r, v):
+                    continue  # indexed again later, or removed
+                rows = data["clip_video"] == v
+                clip_video.append(torch.full((int(rows.sum()),), len(index.videos)))
+                index.videos.append(video)
+                vectors.append(data["video_vectors"][v : v + 1])
+                clips.append(data["clip_vectors"][rows])
+                clip_times.append(data["clip_times"][rows])
         empty = torch.zeros(0, embed_dim)
         index.video_vectors = torch.cat(vectors) if vectors else empty
         index.clip_vectors = torch.cat(clips) if clips else empty
@@ -209,6 +230,7 @@ class IndexModule(pl.LightningModule):
             videos.append(
                 {
                     "path": str(opened.path),
+                    **file_identity(opened.path),
                     "duration": round(v.duration, 3),
                     "fps": round(v.fps, 3),
                     "frames": v.num_frames,
@@ -244,26 +266,68 @@ class IndexWriter(BasePredictionWriter):
                 [c for v in prediction["videos"] for c in v["clips"]], dtype=torch.float32
             ).reshape(-1, 2),
         }
-        name = f"{time.strftime('%Y%m%d-%H%M%S')}-r{trainer.global_rank}-{uuid.uuid4().hex[:8]}"
-        shard = self.shards / f"{name}.pt"
-        self.shards.mkdir(parents=True, exist_ok=True)
-        tmp = shard.with_name(f".{shard.name}.tmp")
-        torch.save(data, tmp)
-        os.replace(tmp, shard)
-        record = {
-            "shard": shard.name,
-            "sha256": file_sha256(shard),
-            "bytes": shard.stat().st_size,
-            "rank": trainer.global_rank,
-            "created": time.time(),
-            "videos": prediction["videos"],
-            "failures": prediction["failures"],
-        }
-        atomic_write(shard.with_suffix(".json"), json.dumps(record, indent=1).encode())
+        self.commit(data, prediction["videos"], prediction["failures"], rank=trainer.global_rank)
         self.written["videos"] += len(prediction["videos"])
         self.written["clips"] += len(data["clip_times"])
         self.written["failures"] += len(prediction["failures"])
         self.written["shards"] += 1
+
+    def commit(self, data: dict, videos: list[dict], failures: list[dict], rank: int = 0, removed=()) -> None:
+        """Write a shard, then its record: from then on it counts. ``removed``: paths whose entries it drops."""
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}-r{rank}-{uuid.uuid4().hex[:8]}"
+        shard = self.shards / f"{name}.pt"
+        self.shards.mkdir(parents=True, exist_ok=True)
+        atomic_write(shard, tensor_bytes(data))
+        record = {
+            "shard": shard.name,
+            "sha256": file_sha256(shard),
+            "bytes": shard.stat().st_size,
+            "rank": rank,
+            "created": time.time(),
+            "videos": videos,
+            "failures": failures,
+            **({"removed": list(removed)} if removed else {}),
+        }
+        atomic_write(shard.with_suffix(".json"), json.dumps(record, indent=1).encode())
+
+    def remove(self, paths: list[str], embed_dim: int) -> None:
+        """Drop the entries of ``paths`` (deleted videos): an empty shard whose record names them."""
+        empty = torch.zeros(0, embed_dim)
+        data = {"video_vectors": empty, "clip_vectors": empty, "clip_video": torch.zeros(0, dtype=torch.long),
+                "clip_times": torch.zeros(0, 2)}  # fmt: skip
+        self.commit(data, [], [], removed=paths)
+
+
+def file_identity(path: Path) -> dict:
+    """What tells a video file apart from a changed one: its size, mtime (ns) and a fingerprint (sha256 of the
+    size and the first and last MiB: cheap on long videos, and any re-encode or truncation changes it)."""
+    stat = path.stat()
+    digest = hashlib.sha256(str(stat.st_size).encode())
+    with open(path, "rb") as f:
+        digest.update(f.read(FINGERPRINT_BYTES))
+        if stat.st_size > FINGERPRINT_BYTES:
+            f.seek(max(FINGERPRINT_BYTES, stat.st_size - FINGERPRINT_BYTES))
+            digest.update(f.read(FINGERPRINT_BYTES))
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "fingerprint": digest.hexdigest()[:32]}
+
+
+def _changed(entry: dict) -> bool:
+    """Whether an indexed video's file differs from when it was indexed (entries from before fingerprints:
+    never). Size and mtime are checked first; the fingerprint settles a touched but unchanged file."""
+    if "fingerprint" not in entry:
+        return False
+    stat = Path(entry["path"]).stat()
+    if stat.st_size == entry["size"] and stat.st_mtime_ns == entry["mtime_ns"]:
+        return False
+    return file_identity(Path(entry["path"]))["fingerprint"] != entry["fingerprint"]
+
+
+def _clean(root: Path, index: Index) -> dict:
+    """Under the lock: remove what crashed runs left (temporary files, shards that never got a record)."""
+    temporaries = remove_temporaries(root) + remove_temporaries(root / "shards")
+    for orphan in index.incomplete:
+        Path(orphan).unlink(missing_ok=True)
+    return {"temporaries": len(temporaries), "unrecorded_shards": len(index.incomplete)}
 
 
 def _open_or_create(root: Path, model: TrainedRetriever | ClipMeanP) -> Index:
@@ -286,7 +350,7 @@ def _open_or_create(root: Path, model: TrainedRetriever | ClipMeanP) -> Index:
             )
     else:
         root.mkdir(parents=True, exist_ok=True)
-        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        if first_process():
             atomic_write(path, json.dumps(manifest, indent=1).encode())
     return Index.open(root, set_aside=True) if path.is_file() else Index(root, manifest)
 
@@ -298,6 +362,7 @@ def build_index(
     checkpoint: str | None = None,
     prepared: str | None = None,
     zero_shot: str | None = None,
+    trust_checkpoint: bool = False,
     batch_size: int = 8,
     accelerator: str = "auto",
     devices="auto",
@@ -314,24 +379,38 @@ def build_index(
             :func:`~pipelines.infer.checkpoints.load_model`).
         zero_shot: instead of a checkpoint, a data recipe (or prepared directory) whose frame encoder is
             open_clip: CLIP meanP embeddings, no training needed (:class:`~pipelines.infer.retrievers.ClipMeanP`).
+        trust_checkpoint: see :func:`~pipelines.infer.checkpoints.load_model`.
         batch_size: videos per predict step (TransNetV2 scores a batch in one packed stream).
         accelerator, devices, strategy: Lightning's (e.g. ``devices=2, strategy="ddp"``).
     """
     started = time.perf_counter()
-    model = load_retriever(checkpoint, prepared, zero_shot)
+    model = load_retriever(checkpoint, prepared, zero_shot, trust=trust_checkpoint)
     root = Path(out)
     videos = list_videos(sources)
+    with DirectoryLock(root, "mmhsa index"):
+        return _build(root, videos, model, batch_size, accelerator, devices, strategy, progress, started)
+
+
+def _build(root, videos, model, batch_size, accelerator, devices, strategy, progress, started) -> dict:
+    """:func:`build_index` once the index directory is this run's."""
     index = _open_or_create(root, model)
-    done = index.indexed
-    todo = [p for p in videos if str(p) not in done]
+    cleaned = _clean(root, index) if first_process() else {}
+    entries = {v["path"]: v for v in index.videos}
+    deleted = sorted(p for p in entries if not Path(p).is_file())
+    changed = [p for p in videos if str(p) in entries and _changed(entries[str(p)])]
+    todo = [p for p in videos if str(p) not in entries or p in changed]
     writer = IndexWriter(root)
+    if deleted and first_process():
+        writer.remove(deleted, model.embed_dim)
     report = {
         "index": str(root),
         "model": model.version,
         "videos": len(videos),
         "already_indexed": len(videos) - len(todo),
+        "changed": [str(p) for p in changed],
+        "deleted": deleted,
         "corrupt_set_aside": index.corrupt,
-        "incomplete_ignored": len(index.incomplete),
+        "cleaned": cleaned,
     }
     if todo:
         trainer = pl.Trainer(

@@ -141,21 +141,21 @@ class ClipMeanP:
 
 
 def load_retriever(
-    checkpoint: str | None = None, prepared: str | None = None, zero_shot: str | None = None
+    checkpoint: str | None = None, prepared: str | None = None, zero_shot: str | None = None, trust: bool = False
 ) -> TrainedRetriever | ClipMeanP:
-    """A trained checkpoint (default: ``make train``'s), or with ``zero_shot`` (a data recipe or prepared
-    directory with an open_clip frame encoder) CLIP meanP."""
+    """A trained checkpoint (default: ``make train``'s; ``trust``: see :func:`load_model`), or with
+    ``zero_shot`` (a data recipe or prepared directory with an open_clip frame encoder) CLIP meanP."""
     if zero_shot is not None:
         if checkpoint is not None or prepared is not None:
             raise ValueError("--zero-shot takes its model from the recipe: give no --ckpt or --prepared with it")
         return ClipMeanP(Featurization.from_prepared(zero_shot), zero_shot)
-    return TrainedRetriever(load_model(checkpoint, "retrieval", prepared=prepared))
+    return TrainedRetriever(load_model(checkpoint, "retrieval", prepared=prepared, trust=trust))
 
 
-def recorded_retriever(manifest: dict, checkpoint: str | None = None, prepared: str | None = None):
+def recorded_retriever(manifest: dict, checkpoint: str | None = None, prepared: str | None = None, trust: bool = False):
     """The dual encoder an index records (its ``model`` and ``featurization``); ``checkpoint`` and
     ``prepared`` replace a trained model's."""
     recorded = manifest["model"]
     if recorded.get("kind", TRAINED) == CLIP_MEANP and checkpoint is None:
         return ClipMeanP(Featurization.from_config(manifest["featurization"]), recorded["path"])
-    return load_retriever(checkpoint or recorded["path"], prepared)
+    return load_retriever(checkpoint or recorded["path"], prepared, trust=trust)

@@ -60,18 +60,26 @@ class Searcher:
         prepared: featurization source for checkpoints that do not carry it.
         reranker: a cross-modal re-rank checkpoint (:class:`~pipelines.train.rerank.RerankModule`) for
             ``search(..., rerank=True)``.
+        trust_checkpoint: see :func:`~pipelines.infer.checkpoints.load_model`.
 
     Raises:
         IndexMismatch: the checkpoint is another model version than the index's (both named).
     """
 
     def __init__(
-        self, index: str, checkpoint: str | None = None, prepared: str | None = None, reranker: str | None = None
+        self,
+        index: str,
+        checkpoint: str | None = None,
+        prepared: str | None = None,
+        reranker: str | None = None,
+        trust_checkpoint: bool = False,
     ):
         self.index = Index.open(index)
-        self.reranker: TrainedModel | None = load_model(reranker, "rerank", prepared=prepared) if reranker else None
+        self.reranker: TrainedModel | None = (
+            load_model(reranker, "rerank", prepared=prepared, trust=trust_checkpoint) if reranker else None
+        )
         recorded = self.index.manifest["model"]
-        self.model = recorded_retriever(self.index.manifest, checkpoint, prepared)
+        self.model = recorded_retriever(self.index.manifest, checkpoint, prepared, trust_checkpoint)
         if self.model.version != recorded["version"]:
             raise IndexMismatch(
                 f"{index} was built with model {recorded['version']} ({recorded['path']}); the model "

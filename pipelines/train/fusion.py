@@ -9,6 +9,8 @@ add their heads and losses.
 from __future__ import annotations
 
 import math
+import pickle
+import re
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -22,7 +24,7 @@ from mmhsa.nn import HierarchicalEncoder, pool_nodes
 from .batches import Trees
 from .distributed import every_rank, rng_states, set_rng_states, world_size
 
-__all__ = ["FusionModule", "mlp", "pool_roots", "read_checkpoint"]
+__all__ = ["FusionModule", "mlp", "pool_roots", "read_checkpoint", "refused_global"]
 
 
 def pool_roots(x: torch.Tensor, hierarchy: Hierarchy) -> torch.Tensor:
@@ -90,10 +92,10 @@ class FusionModule(pl.LightningModule):
             self.load_encoder(init_from)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, **overrides) -> FusionModule:
+    def from_checkpoint(cls, checkpoint: str | Path, trust: bool = False, **overrides) -> FusionModule:
         """The task module a checkpoint file holds, with its trained weights (:meth:`from_state` of
         :func:`read_checkpoint`)."""
-        return cls.from_state(read_checkpoint(Path(checkpoint)), checkpoint, **overrides)
+        return cls.from_state(read_checkpoint(Path(checkpoint), trust), checkpoint, **overrides)
 
     @classmethod
     def from_state(cls, state: dict, checkpoint: str | Path, **overrides) -> FusionModule:
@@ -228,21 +230,34 @@ class FusionModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def read_checkpoint(path: Path) -> dict:
+def refused_global(err: Exception) -> str | None:
+    """The object a ``weights_only`` load refused (e.g. ``posix.system``), from torch's message; else None."""
+    found = re.search(r"GLOBAL ([\w.]+)|Unsupported global: GLOBAL ([\w.]+)", str(err))
+    return (found.group(1) or found.group(2)) if found else None
+
+
+def read_checkpoint(path: Path, trust: bool = False) -> dict:
     """A Lightning checkpoint's contents, loaded with ``weights_only=True`` (tensors and plain types only: a
-    pickled payload in a downloaded checkpoint cannot run).
+    pickled payload in a downloaded checkpoint cannot run); ``trust=True`` (``--trust-checkpoint``) loads
+    whatever the file holds, for a checkpoint of the user's own that needs it.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a readable mmhsa checkpoint (truncated, foreign, or holding code to run).
+        ValueError: not a readable mmhsa checkpoint (truncated, foreign, or holding objects whose loading
+            could run code: named, with the way out).
     """
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path}: no such file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=not trust)
         if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
             raise TypeError("no state_dict")
     except Exception as err:  # a truncated or foreign file fails in many ways inside torch.load
+        if isinstance(err, pickle.UnpicklingError) and refused_global(err):
+            raise ValueError(
+                f"checkpoint {path}: holds {refused_global(err)}, not only tensors and plain values; refused, "
+                "as loading it could run code. Only for a checkpoint you trust: --trust-checkpoint"
+            ) from None
         reason = str(err).strip().split("\n", 1)[0]
         raise ValueError(
             f"checkpoint {path}: not a readable mmhsa checkpoint ({type(err).__name__}: {reason})"

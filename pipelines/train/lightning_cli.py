@@ -10,6 +10,7 @@ the data module (the prepared manifest's ``feature_dims``).
 
 from __future__ import annotations
 
+import sys
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -47,6 +48,12 @@ class RecipeCLI(LightningCLI):
             "data", "model.init_args.feature_dims", compute_fn=lambda data: data.feature_dims, apply_on="instantiate"
         )
 
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        # --ckpt_path never runs code from the file, whatever torch's default; --weights_only false to trust one
+        parser.set_defaults(weights_only=True)
+        return parser
+
     def instantiate_trainer(self, **kwargs):
         config = self._get(self.config_init, "trainer", default={})
         if config.get("logger") in (None, True):  # not named by the recipe: the run directory's loggers
@@ -68,7 +75,7 @@ def lightning_cli(argv: list[str], run: bool = True) -> RecipeCLI:
         FusionModule,
         ShardDataModule,
         subclass_mode_model=True,
-        args=argv,
+        args=None if list(argv) == sys.argv[1:] else argv,  # from the shell: Lightning reads sys.argv itself
         run=run,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
