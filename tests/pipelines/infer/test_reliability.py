@@ -41,8 +41,14 @@ def test_a_checkpoint_carrying_code_is_refused_by_every_command(corpus, models, 
         "ask": ["ask", video, "What?", "--choices", "a", "b", "--ckpt", str(qa)],
         "explain": ["explain", video, "a red circle", "--out", str(tmp_path / "a.png"), "--ckpt", str(qa)],
         "fit --ckpt_path": ["fit", "-c", "configs/retrieval_synthetic.yaml", *small, "--ckpt_path", str(retrieval)],
-        "fit init_from": ["fit", "-c", "configs/retrieval_synthetic.yaml", *small,
-                          "--model.init_args.init_from", str(retrieval)],  # fmt: skip
+        "fit init_from": [
+            "fit",
+            "-c",
+            "configs/retrieval_synthetic.yaml",
+            *small,
+            "--model.init_args.init_from",
+            str(retrieval),
+        ],  # fmt: skip
     }
     for name, argv in commands.items():
         assert main(argv) == 2, name
