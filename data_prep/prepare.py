@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib.metadata as metadata
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -49,8 +50,9 @@ from .datasets import (
     read_nextqa,
 )
 from .featurize import VIDEO_ERRORS, Opened, Stages, TextFeaturizer, VideoConfig, VideoFeaturizer
+from .locking import DirectoryLock
 from .schema import Sample, answer_key
-from .shards import DiskFull, ShardWriter
+from .shards import DiskFull, ShardWriter, remove_temporaries
 from .synthetic import CorpusConfig, generate
 from .text import parse_subtitles, read_subtitle_file, sections_from_cues, sections_from_paragraphs, split_sentences
 from .video import Video
@@ -129,6 +131,9 @@ class PrepareConfig:
         shard_size: samples per shard file.
         device: where the encoders run.
         strict: stop at the first failed item.
+        allow_outside_root: read videos and subtitle files that annotation rows name outside their dataset
+            folder (the task's ``video_dir``; for ``jsonl`` the annotations folder), through an absolute
+            path or ``..``; by default such rows are failures naming the path.
     """
 
     output: str
@@ -143,6 +148,7 @@ class PrepareConfig:
     shard_size: int = 256
     device: str = "cpu"
     strict: bool = False
+    allow_outside_root: bool = False
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -356,6 +362,23 @@ def prepare(config: PrepareConfig, progress: bool = False) -> dict:
     started = time.perf_counter()
     if config.synthetic is not None:
         generate(config.synthetic_root, config.synthetic, progress=progress)
+    with DirectoryLock(config.output, "mmhsa prepare"):  # one run writes an output at a time
+        for folder in [Path(config.output), *(Path(config.output) / t.name for t in config.tasks)]:
+            remove_temporaries(folder)  # what a crashed run left half-written
+        return _prepare(config, progress, started)
+
+
+def _dataset_root(task: TaskConfig, data_root: Path) -> Path:
+    """The folder a task's annotation rows may name files in."""
+    return data_root / task.annotations if task.format == "jsonl" else data_root / (task.video_dir or "")
+
+
+def _outside(path: Path, root: Path) -> bool:
+    """Whether ``path`` leaves ``root`` (``..`` or absolute; links placed inside ``root`` are the user's own)."""
+    return not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root))
+
+
+def _prepare(config: PrepareConfig, progress: bool, started: float) -> dict:
     preparer = _Preparer(config, progress)
     units: dict[Path, _Unit] = {}
     try:
@@ -376,6 +399,14 @@ def prepare(config: PrepareConfig, progress: bool = False) -> dict:
                     )
                     continue
                 seen.add(item.id)
+                root = _dataset_root(task, Path(config.data_root))
+                named = [item.video] + ([Path(item.meta["subtitles"])] if "subtitles" in item.meta else [])
+                outside = [str(p) for p in named if _outside(p, root)]
+                if outside and not config.allow_outside_root:
+                    preparer.fail(t, item.id, str(outside[0]), "annotations",
+                                  f"{outside[0]} is outside the dataset folder {root} (an absolute or '..' path in "
+                                  "the annotations); allow_outside_root: true reads it")  # fmt: skip
+                    continue
                 units.setdefault(item.video.resolve(), _Unit(item.video)).items.append((t, item))
         preparer.run(list(units.values()))
     finally:

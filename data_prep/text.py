@@ -23,6 +23,7 @@ __all__ = [
     "Cue",
     "Section",
     "Sentence",
+    "check_text",
     "encode_sentences",
     "parse_subtitles",
     "read_subtitle_file",
@@ -59,6 +60,29 @@ _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc"
 # A sentence ends at . ! ? ... (then closing quotes/brackets and a space or the end of the text), or
 # at a full-width 。！？ (CJK text has no space after it).
 _END = re.compile(r"(?P<mark>[.!?…]+)[\"'”’)\]]*(?=\s|$)|(?P<wide>[。！？]+)[」』”’)\]]*")
+
+
+MAX_TEXT_CHARS = 10_000  # a query or question: a sentence or a paragraph, not a book
+
+
+def check_text(text: str, what: str = "text", limit: int = MAX_TEXT_CHARS) -> str:
+    """``text`` if it is valid Unicode text of at most ``limit`` characters with some words.
+
+    Raises:
+        ValueError: naming ``what`` and the problem (not a string, a lone surrogate and where, too long,
+            nothing but spaces and control characters).
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"{what}: expected text, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{what}: not valid Unicode text (a lone surrogate at character {err.start})") from None
+    if len(text) > limit:
+        raise ValueError(f"{what}: {len(text):,} characters, more than the {limit:,} a query or question may have")
+    if not "".join(c for c in text if c.isprintable()).strip():
+        raise ValueError(f"{what}: empty (no words, only spaces or control characters)")
+    return text
 
 
 def split_sentences(text: str) -> list[str]:

@@ -168,6 +168,8 @@ def _run_inference(args) -> int:
             print(json.dumps(scores, indent=1) if args.json else _format_scores(scores, args.index))
             return 0
         result = searcher.search(args.query, args.top_k, args.level, rerank=args.rerank)
+        for warning in result["warnings"]:
+            print(f"warning: {warning}", file=sys.stderr)
         if args.json:
             print(json.dumps(result, indent=1, ensure_ascii=False))
             return 0

@@ -21,7 +21,7 @@ import torch
 from data_prep.assemble import ClipLeaves, assemble
 from data_prep.datasets import QAItem, read_nextqa
 from data_prep.schema import MAX_ANSWERS, answer_key
-from data_prep.text import split_sentences
+from data_prep.text import check_text, split_sentences
 from pipelines.train.batches import collate
 from pipelines.train.metrics import qa_accuracy
 
@@ -61,8 +61,9 @@ class Asker:
 
     def sample(self, clips: list[ClipLeaves], question: str, choices: list[str], sample_id: str = "question"):
         """The joint tree of one question (what the QA model was trained on)."""
-        if not question.strip():
-            raise ValueError(f"{sample_id}: empty question")
+        check_text(question, f"{sample_id}: the question")
+        for k, choice in enumerate(choices):
+            check_text(choice, f"{sample_id}: choice {k}")
         if self.vocabulary is not None:
             if choices:
                 raise ValueError(

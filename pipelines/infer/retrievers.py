@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from data_prep.assemble import ClipLeaves
 from data_prep.featurize import Featurization, Stages, VideoFeaturizer
+from data_prep.text import check_text
 from mmhsa.encoders.weights import OPEN_CLIP_DIR, open_clip_model
 
 from .checkpoints import TrainedModel, load_model
@@ -132,6 +133,7 @@ class ClipMeanP:
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> tuple[torch.Tensor, list[dict]]:
         """[Q, E] unit CLIP text embeddings; and per text the BPE tokens cut beyond the context length."""
+        texts = [check_text(t, f"text {i}") for i, t in enumerate(texts)]
         device = next(self.module.parameters()).device
         dropped = [
             {"tokens": n} if (n := len(self.tokenizer.encode(t)) - (self.context - 2)) > 0 else {} for t in texts

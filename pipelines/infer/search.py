@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from data_prep.datasets import read_jsonl_folder
+from data_prep.text import check_text
 from pipelines.train.metrics import recall_summary, retrieval_ranks
 
 from .checkpoints import TrainedModel, load_model
@@ -98,22 +99,31 @@ class Searcher:
         embeddings).
 
         Returns:
-            {"query", "level", "dropped", "hits": [{"rank", "score", "video", "clip", "start", "end",
-            "clip_score", "video_score"}]}.
+            {"query", "level", "dropped", "warnings", "hits": [{"rank", "score", "video", "clip", "start",
+            "end", "clip_score", "video_score"}]}: ``warnings`` says when part of the index is set aside
+            (corrupt shards) and which hits point at files no longer on disk (those hits carry
+            ``"missing": true``).
 
         Raises:
-            ValueError: an empty query, or an unknown level.
+            ValueError: a query that is empty, not valid Unicode or too long (:func:`~data_prep.text.check_text`),
+                or an unknown level.
         """
         if level not in ("video", "clip"):
             raise ValueError(f"level must be 'video' or 'clip', got {level!r}")
         if rerank and (self.reranker is None or level != "video"):
             raise ValueError("rerank needs a re-rank checkpoint (--rerank-ckpt) and level 'video'")
-        if not query or not query.strip():
-            raise ValueError("empty query: give some words to search for")
+        check_text(query, "query")
         ix = self.index
         q, dropped = self.embed([query])
+        warnings = []
+        if ix.corrupt or ix.set_aside:
+            names = ix.corrupt + ix.set_aside
+            warnings.append(
+                f"{len(names)} shard(s) of {ix.root} are corrupt or set aside ({', '.join(names[:3])}): their "
+                "videos are not searched until `mmhsa index` runs on the index again"
+            )
         if not len(ix.videos):
-            return {"query": query, "level": level, "dropped": dropped[0], "hits": []}
+            return {"query": query, "level": level, "dropped": dropped[0], "warnings": warnings, "hits": []}
         clip_scores = ix.clip_vectors @ q[0]  # [C]: every hit needs its video's best clip
         ptr = ix.clip_ptr
         hits = []
@@ -128,7 +138,11 @@ class Searcher:
                 hits.append(self._hit(len(hits) + 1, score, int(ix.clip_video[c]), c, clip_scores, q[0], ptr))
         if rerank:
             hits = self._rerank(query, hits)
-        return {"query": query, "level": level, "dropped": dropped[0], "hits": hits}
+        for hit in hits:
+            if not Path(hit["video"]).is_file():
+                hit["missing"] = True
+                warnings.append(f"{hit['video']}: no longer on disk (deleted or moved since it was indexed)")
+        return {"query": query, "level": level, "dropped": dropped[0], "warnings": warnings, "hits": hits}
 
     def evaluate(self, annotations: str | Path, split: str = "test", batch_size: int = 256) -> dict:
         """Text-to-video and video-to-text retrieval over the index, the queries being the captions of

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from data_prep.assemble import ClipLeaves, Limits, TextLeaves, assemble
-from data_prep.text import split_sentences
+from data_prep.text import check_text, split_sentences
 from mmhsa.nn import pool_nodes
 from pipelines.train.batches import Trees, sample_part
 
@@ -24,11 +24,11 @@ def text_trees(model: TrainedModel, texts: list[str]) -> tuple[Trees, list[dict[
     limits dropped (e.g. ``{"tokens": 12}`` for a very long text; empty when nothing was).
 
     Raises:
-        ValueError: naming the text (by position) that holds no words.
+        ValueError: naming the text (by position) that holds no words, is not valid Unicode or is too long.
     """
     sections = []
     for i, text in enumerate(texts):
-        sentences = split_sentences(text)
+        sentences = split_sentences(check_text(text, f"text {i}"))
         if not sentences:
             raise ValueError(f"text {i} ({text[:40]!r}) is empty: nothing to encode")
         sections.append(sentences)

@@ -185,7 +185,7 @@ def test_search_hits_and_queries(index):
     long = searcher.search(" ".join(["the blue square moves left and then the red circle moves up."] * 60), k=1)
     assert long["dropped"].get("sentences", 0) > 0 and long["hits"]
     for empty in ("", "   \n"):
-        with pytest.raises(ValueError, match="empty query"):
+        with pytest.raises(ValueError, match="query: empty"):
             searcher.search(empty)
 
 
