@@ -145,6 +145,7 @@ def _run_inference(args) -> int:
             accelerator=args.accelerator,
             devices=devices,
             strategy=args.strategy,
+            progress=not args.json,  # the progress bar writes to stdout
         )
         if "seconds" not in report:  # a DDP rank other than 0: rank 0 reports
             return 0
