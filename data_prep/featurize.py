@@ -244,12 +244,17 @@ class TextFeaturizer:
         self.stages = stages or Stages()
         self.cache: dict[str, torch.Tensor] = {}
 
-    def __call__(self, sections: list[list[str]]) -> TextLeaves:
-        new = list(dict.fromkeys(s for section in sections for s in section if s not in self.cache))
+    def prefetch(self, sentences: Sequence[str]) -> None:
+        """Encode the sentences not cached yet, in batches of the encoder's size (a video's questions and
+        answers all at once, rather than a few sentences per question)."""
+        new = list(dict.fromkeys(s for s in sentences if s not in self.cache))
         if new:
             with self.stages.timed("text", len(new)):
                 for sentence, (_, features) in zip(new, self.encoder.encode(new)):
                     self.cache[sentence] = features
+
+    def __call__(self, sections: list[list[str]]) -> TextLeaves:
+        self.prefetch([s for section in sections for s in section])
         return TextLeaves([[self.cache[s] for s in section] for section in sections])
 
 

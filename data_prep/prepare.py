@@ -324,6 +324,10 @@ class _Preparer:
                 clips, dropped = self.videos.encode(video, self.videos.clips(opened), self.config.limits.max_clips)
             except VIDEO_ERRORS as err:
                 stage, error = "encode", str(err)
+        if clips is not None:  # every caption, question and answer of the video in one encoder pass
+            self.text.prefetch(
+                [s for _, item in unit.items for text in _item_texts(item) for s in split_sentences(text)]
+            )
         for task, item in unit.items:
             if clips is None:
                 self.fail(task, item.id, str(unit.path), stage, error)
@@ -343,6 +347,11 @@ class _Preparer:
         with self.stages.timed("write"):
             for writer in self.writers:
                 writer.close()
+
+
+def _item_texts(item: CaptionItem | QAItem) -> list[str]:
+    """An item's captions, or its question and candidate answers."""
+    return list(item.captions) if isinstance(item, CaptionItem) else [item.question, *item.candidates]
 
 
 def _bar(total: int, enabled: bool):

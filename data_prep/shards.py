@@ -2,7 +2,10 @@
 
     <dir>/manifest.json     config and its hash, encoder ids, feature widths, library versions, counts, shard list
                             (file, samples, sha256, ids)
-    <dir>/shard-00000.pt    a list of samples: hierarchy arrays + metadata + fp16 leaf features
+    <dir>/shard-00000.pt    {"records": samples (hierarchy arrays + metadata + fp16 text features, and the digest of
+                            their video's features), "videos": digest -> fp16 video features}: a video's features
+                            are stored once, in the first shard holding one of its samples, however many
+                            questions and captions share it
     <dir>/failures.jsonl    one line per input that failed: id, source, stage, error
 
 Every file is written atomically (temp file + rename) and the manifest last, so a killed run leaves
@@ -47,7 +50,8 @@ MANIFEST, FAILURES = "manifest.json", "failures.jsonl"
 TMP_PREFIX = "."  # temporary files are hidden: ".<name>.tmp-<pid>"
 # Sample meta counted per value in each shard entry and the manifest's counts: meta key -> counts key.
 COUNTED_META = {"split": "splits", "subtitles_encoding": "subtitle_encodings"}
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: video features stored once per video (1: in every sample; still read)
+READ_FORMATS = (1, 2)
 
 
 def config_hash(config: dict) -> str:
@@ -125,7 +129,18 @@ def _to_record(sample: Sample) -> dict:
     }
 
 
-def _from_record(record: dict) -> Sample:
+def _digest(features: torch.Tensor) -> str:
+    """Content address of a video's features (shape and bytes)."""
+    h = hashlib.sha256(str(tuple(features.shape)).encode())
+    h.update(features.contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def _from_record(record: dict, video: torch.Tensor | None = None) -> Sample:
+    """A sample from its record; ``video``: its video features when the record refers to them."""
+    features = dict(record["features"])
+    if video is not None:
+        features["video"] = video
     hierarchy = Hierarchy(
         record["parent"].numpy(),
         kind=record["kind"].numpy(),
@@ -135,9 +150,7 @@ def _from_record(record: dict) -> Sample:
         key_names=record["key_names"],
         _validated=True,
     )
-    return Sample(
-        record["id"], hierarchy, record["features"], record["leaf_modality"].long(), record["dropped"], record["meta"]
-    )
+    return Sample(record["id"], hierarchy, features, record["leaf_modality"].long(), record["dropped"], record["meta"])
 
 
 def read_failures(directory: str | Path) -> list[dict]:
@@ -178,6 +191,7 @@ class ShardWriter:
             self.feature_dims: dict[str, int] = dict(old.get("feature_dims", {}))
         else:
             self.shards, self.feature_dims = [], {}
+        self.stored_videos = {d for shard in self.shards for d in shard.get("videos", [])}
         self.encoders = dict(encoders or {})
         self.done_ids = {i for s in self.shards for i in s["ids"]}
         self.failures = {f["id"]: f for f in read_failures(self.dir)}
@@ -210,12 +224,22 @@ class ShardWriter:
         """Write the buffered samples as one shard, then the failure report and the manifest."""
         if self.buffer:
             path = self.dir / f"shard-{len(self.shards):05d}.pt"
-            records = [_to_record(s) for s in self.buffer]
-            atomic_write(path, tensor_bytes(records))
+            records, videos = [], {}
+            for sample in self.buffer:
+                record = _to_record(sample)
+                video = record["features"].pop("video", None)
+                if video is not None:  # stored once: the first shard holding it keeps it, the rest refer to it
+                    record["video_ref"] = digest = _digest(video)
+                    if digest not in self.stored_videos:
+                        videos.setdefault(digest, video)
+                records.append(record)
+            atomic_write(path, tensor_bytes({"records": records, "videos": videos}))
+            self.stored_videos.update(videos)
             self.shards.append(
                 {
                     "file": path.name,
                     "samples": len(records),
+                    "videos": sorted(videos),
                     "sha256": file_sha256(path),
                     "ids": [s.id for s in self.buffer],
                     "leaves": {
@@ -284,16 +308,19 @@ class ShardDataset(torch.utils.data.Dataset):
         if not path.exists():
             raise FileNotFoundError(f"{self.dir}: no {MANIFEST} (not a prepared dataset; run make prepare)")
         self.manifest = json.loads(path.read_text(encoding="utf-8"))
-        if self.manifest.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{path}: format {self.manifest.get('format')}, this mmhsa reads {FORMAT_VERSION}")
+        if self.manifest.get("format") not in READ_FORMATS:
+            raise ValueError(f"{path}: format {self.manifest.get('format')}, this mmhsa reads {READ_FORMATS}")
         self.index = [(s, i) for s, shard in enumerate(self.manifest["shards"]) for i in range(shard["samples"])]
         self.ids = [i for shard in self.manifest["shards"] for i in shard["ids"]]
+        self.video_shard = {d: s for s, shard in enumerate(self.manifest["shards"]) for d in shard.get("videos", [])}
+        self.videos: dict[str, torch.Tensor] = {}  # every video's features read so far, shared by its samples
         self._cached: tuple[int, list] | None = None
 
     def __len__(self) -> int:
         return len(self.index)
 
     def _shard(self, s: int) -> list:
+        """Shard ``s``'s records (its videos go into :attr:`videos`)."""
         if self._cached is None or self._cached[0] != s:
             info = self.manifest["shards"][s]
             path = self.dir / info["file"]
@@ -305,9 +332,21 @@ class ShardDataset(torch.utils.data.Dataset):
             actual = file_sha256(path)
             if actual != info["sha256"]:
                 raise ValueError(f"{path}: checksum {actual[:12]} does not match the manifest's {info['sha256'][:12]}")
-            self._cached = (s, torch.load(path, weights_only=True))
+            content = torch.load(path, weights_only=True)
+            if isinstance(content, list):  # format 1: every record holds its video features
+                content = {"records": content, "videos": {}}
+            self.videos.update(content["videos"])
+            self._cached = (s, content["records"])
         return self._cached[1]
+
+    def _video(self, digest: str) -> torch.Tensor:
+        if digest not in self.videos:
+            if digest not in self.video_shard:
+                raise ValueError(f"{self.dir}: a sample refers to video features {digest} that no shard holds")
+            self._shard(self.video_shard[digest])
+        return self.videos[digest]
 
     def __getitem__(self, i: int) -> Sample:
         s, j = self.index[i]
-        return _from_record(self._shard(s)[j])
+        record = self._shard(s)[j]
+        return _from_record(record, self._video(record["video_ref"]) if "video_ref" in record else None)

@@ -16,6 +16,14 @@ from .items import VIDEO_EXTENSIONS, CaptionItem, Problems, QAItem, parse_split,
 __all__ = ["read_jsonl_folder"]
 
 
+def _texts(row: dict, key: str) -> list[str]:
+    """``row[key]``, which must be a list of strings."""
+    value = row[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"{key!r} must be a list of texts, got {json.dumps(value)[:60]}")
+    return value
+
+
 def read_jsonl_folder(folder: str | Path, annotations: str = "annotations.jsonl") -> tuple[list, Problems]:
     """A folder of videos described by a JSONL file: caption lines become :class:`CaptionItem`, lines
     with a question and candidates :class:`QAItem`. Videos without a line are captionless items.
@@ -32,8 +40,10 @@ def read_jsonl_folder(folder: str | Path, annotations: str = "annotations.jsonl"
         try:
             row = json.loads(line)
             rel = row["video"]
+            if not isinstance(rel, str) or not rel.strip():
+                raise TypeError(f"'video' must be a path, got {rel!r}")
         except (json.JSONDecodeError, KeyError, TypeError) as err:
-            problems.append((where, f"not a JSON object with a 'video' field ({err})"))
+            problems.append((where, f"{where}: not a JSON object with a 'video' path ({err})"))
             continue
         path = folder / rel
         item_id = str(row.get("id", Path(rel).stem))
@@ -53,6 +63,9 @@ def read_jsonl_folder(folder: str | Path, annotations: str = "annotations.jsonl"
         try:
             split = parse_split(row.get("split", "test"), where)
             meta = {}
+            for key in ("question", "transcript", "subtitles", "type"):
+                if key in row and not isinstance(row[key], str):
+                    raise TypeError(f"{key!r} must be text, got {type(row[key]).__name__}")
             if "subtitles" in row:  # an SRT/WebVTT file, relative to the folder
                 meta["subtitles"] = str(folder / row["subtitles"])
                 if not Path(meta["subtitles"]).is_file():
@@ -79,7 +92,7 @@ def read_jsonl_folder(folder: str | Path, annotations: str = "annotations.jsonl"
                     )
                 )
             elif "question" in row:
-                candidates = [str(c) for c in row["candidates"]]
+                candidates = _texts(row, "candidates")
                 answer = int(row.get("answer", -1))
                 if not str(row["question"]).strip() or not candidates or not all(c.strip() for c in candidates):
                     raise ValueError("needs a non-empty question and non-empty candidates")
@@ -99,7 +112,7 @@ def read_jsonl_folder(folder: str | Path, annotations: str = "annotations.jsonl"
                 )
             else:
                 # No "captions" field: a video to index only. A field given but empty is a mistake.
-                captions = [str(c).strip() for c in row.get("captions", [])]
+                captions = [c.strip() for c in _texts(row, "captions")] if "captions" in row else []
                 if "captions" in row and (not captions or not all(captions)):
                     raise ValueError("'captions' is given but empty, or holds an empty caption")
                 items.append(CaptionItem(item_id, path, captions, split, meta))

@@ -286,3 +286,83 @@ def test_config_errors_exit_2(tmp_path, capsys):
         VideoConfig(frames_per_clip=None)
     with pytest.raises(ValueError, match="task names must differ"):
         PrepareConfig(output="x", tasks=[TaskConfig("t", "jsonl", "a"), TaskConfig("t", "jsonl", "b")])
+
+
+# ------------------------------------------------------------------ storage: a video's features once
+def test_a_videos_features_are_stored_once_for_all_its_questions(tmp_path):
+    folder = tmp_path / "qa"
+    folder.mkdir()
+    write_video(folder / "one.mp4", scene_frames((24, 24)), fps=12)
+    rows = [{"video": "one.mp4", "id": f"q{i}", "question": f"what happens in scene {i}?",
+             "candidates": [f"answer {i} {k}" for k in range(3)], "answer": i % 3} for i in range(30)]  # fmt: skip
+    (folder / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = recipe(folder, tmp_path / "out", tasks=[{"name": "qa", "format": "jsonl", "annotations": str(folder)}])
+    assert run_cli(tmp_path, {**config, "shard_size": 8}) == 0
+    task = tmp_path / "out" / "qa"
+    manifest = json.loads((task / "manifest.json").read_text())
+    assert manifest["format"] == 2 and [len(s["videos"]) for s in manifest["shards"]] == [1, 0, 0, 0]
+    dataset = ShardDataset(task)
+    samples = [dataset[i] for i in range(len(dataset))]
+    assert len(samples) == 30 and all(s.features["video"] is samples[0].features["video"] for s in samples)
+    video_bytes = samples[0].features["video"].numel() * 2
+    text_bytes = sum(s.features["text"].numel() * 2 for s in samples)
+    total = sum((task / s["file"]).stat().st_size for s in manifest["shards"])
+    assert total < text_bytes + 2 * video_bytes + 100_000  # the video once (not 30 times), hierarchies, meta
+
+
+def test_format_1_shards_are_still_read(tmp_path):
+    """Directories prepared before video features were shared (each record holds its own) load as before."""
+    from data_prep.shards import _from_record, _to_record
+    from tests.pipelines.samples import qa_sample
+
+    samples = [qa_sample(i) for i in range(3)]
+    torch.save([_to_record(s) for s in samples], tmp_path / "shard-00000.pt")
+    from data_prep.shards import file_sha256
+
+    entry = {"file": "shard-00000.pt", "samples": 3, "sha256": file_sha256(tmp_path / "shard-00000.pt"),
+             "ids": [s.id for s in samples]}  # fmt: skip
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": 1, "shards": [entry]}))
+    dataset = ShardDataset(tmp_path)
+    for i, sample in enumerate(samples):
+        assert torch.equal(dataset[i].features["video"], _from_record(_to_record(sample)).features["video"])
+
+
+# ------------------------------------------------------------------ hostile annotation files
+def test_rows_naming_files_outside_the_dataset_folder_are_refused(bad_folder, tmp_path, capsys):
+    folder = tmp_path / "mine"
+    (folder / "inside").mkdir(parents=True)
+    shutil.copy(bad_folder / "scenes.mp4", folder / "inside" / "ok.mp4")
+    shutil.copy(bad_folder / "scenes.mp4", tmp_path / "secret.mp4")
+    rows = [{"video": "inside/ok.mp4", "captions": ["fine"]}, {"video": "../secret.mp4", "captions": ["up"]},
+            {"video": str(tmp_path / "secret.mp4"), "id": "absolute", "captions": ["abs"]}]  # fmt: skip
+    (folder / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    output = tmp_path / "out"
+    assert run_cli(tmp_path, recipe(folder, output)) == 1
+    failures = {f["id"]: f for f in read_failures(output / "index")}
+    assert set(failures) == {"secret", "absolute"}
+    assert all("is outside the dataset folder" in f["error"] and "allow_outside_root" in f["error"]
+               for f in failures.values())  # fmt: skip
+    assert run_cli(tmp_path, recipe(folder, tmp_path / "out2"), "--allow_outside_root", "true") == 0
+
+
+def test_hostile_annotation_files(tmp_path):
+    """Wrong types, missing keys, a byte-order mark, CRLF line ends, blank lines and 100,000 rows: every bad
+    row is a problem naming its line, the good ones are read."""
+    from data_prep.datasets import read_jsonl_folder
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "a.mp4").write_bytes(b"")
+    good = json.dumps({"video": "a.mp4", "captions": ["a caption"]})
+    bad = ['{"captions": ["no video"]}', '["a", "list"]', '"a string"', "{not json", '{"video": 7}',
+           '{"video": "a.mp4", "captions": "not a list"}', '{"video": "a.mp4", "captions": [1, null]}',
+           '{"video": "a.mp4", "question": "q?", "candidates": ["x", "y"], "answer": 5}',
+           '{"video": "a.mp4", "question": 3, "candidates": ["x"], "answer": 0}',
+           '{"video": "a.mp4", "split": "holdout", "captions": ["x"]}']  # fmt: skip
+    lines = [json.dumps({"video": "a.mp4", "id": f"row{i}", "captions": [f"caption {i}"]}) for i in range(100_000)]
+    text = "\ufeff" + good.replace("}", ', "id": "first"}') + "\r\n\r\n" + "\r\n".join(bad + lines) + "\r\n"
+    (folder / "annotations.jsonl").write_bytes(text.encode("utf-8"))
+    items, problems = read_jsonl_folder(folder)
+    assert len(items) == 100_001 and items[0].id == "first" and items[1].captions == ["caption 0"]
+    assert len(problems) == len(bad)
+    assert all(f"annotations.jsonl line {n}:" in message for n, (_, message) in enumerate(problems, start=3))
