@@ -41,6 +41,7 @@ __all__ = [
     "atomic_write",
     "config_hash",
     "file_sha256",
+    "load_tensors",
     "read_failures",
     "remove_temporaries",
     "tensor_bytes",
@@ -86,6 +87,19 @@ def atomic_write(path: Path, data: bytes) -> None:
             f"{path.parent}: no space left to write {path.name} ({len(data):,} bytes needed, {free:,} free); "
             "what was written before is intact: free some space and run the same command again",
         ) from None
+
+
+def load_tensors(path: Path, what: str):
+    """A file the project wrote (tensors and plain values), read without running code.
+
+    Raises:
+        ValueError: naming ``path`` when it cannot be read that way (truncated, crafted, foreign).
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # an UnpicklingError for a crafted file; EOFError, RuntimeError for a cut one
+        first = str(err).strip().split("\n", 1)[0][:200]
+        raise ValueError(f"{path}: not a readable {what} ({type(err).__name__}: {first})") from None
 
 
 def tensor_bytes(obj) -> bytes:
@@ -332,7 +346,7 @@ class ShardDataset(torch.utils.data.Dataset):
             actual = file_sha256(path)
             if actual != info["sha256"]:
                 raise ValueError(f"{path}: checksum {actual[:12]} does not match the manifest's {info['sha256'][:12]}")
-            content = torch.load(path, weights_only=True)
+            content = load_tensors(path, "prepared shard")
             if isinstance(content, list):  # format 1: every record holds its video features
                 content = {"records": content, "videos": {}}
             self.videos.update(content["videos"])

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from data_prep.datasets import VIDEO_EXTENSIONS
 from data_prep.locking import DirectoryLock, first_process
-from data_prep.shards import atomic_write, file_sha256, remove_temporaries, tensor_bytes
+from data_prep.shards import atomic_write, file_sha256, load_tensors, remove_temporaries, tensor_bytes
 
 from .retrievers import ClipMeanP, TrainedRetriever, load_retriever
 
@@ -157,7 +157,7 @@ class Index:
                         if p.exists():
                             p.rename(p.with_name(p.name + ".corrupt"))
                 continue
-            data = torch.load(shard, map_location="cpu", weights_only=True)
+            data = load_tensors(shard, "index shard")
             if data["video_vectors"].shape[1] != embed_dim:
                 raise IndexMismatch(
                     f"{shard}: embeddings of width {data['video_vectors'].shape[1]}, the index's is {embed_dim}"

@@ -366,3 +366,20 @@ def test_hostile_annotation_files(tmp_path):
     assert len(items) == 100_001 and items[0].id == "first" and items[1].captions == ["caption 0"]
     assert len(problems) == len(bad)
     assert all(f"annotations.jsonl line {n}:" in message for n, (_, message) in enumerate(problems, start=3))
+
+
+def test_a_crafted_prepared_shard_is_named_not_run(tmp_path):
+    from data_prep.shards import file_sha256
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"records": [Payload()], "videos": {}}, tmp_path / "shard-00000.pt")
+    entry = {"file": "shard-00000.pt", "samples": 1, "sha256": file_sha256(tmp_path / "shard-00000.pt"), "ids": ["x"]}
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": 2, "shards": [entry]}))
+    with pytest.raises(ValueError, match="shard-00000.pt: not a readable prepared shard"):
+        ShardDataset(tmp_path)[0]
+    assert not marker.exists()

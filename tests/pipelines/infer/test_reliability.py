@@ -243,3 +243,20 @@ def test_odd_but_valid_queries_are_searched(index, query, capsys):
 def test_debug_shows_the_traceback(index):
     with pytest.raises(ValueError, match="lone surrogate"):
         main(["search", str(index[0]), "\ud800", "--debug"])
+
+
+def test_a_crafted_index_shard_is_named_not_run(corpus, models, tmp_path, capsys):
+    """A shard replaced together with its record (so its checksum holds) still cannot run code."""
+    out = tmp_path / "ix"
+    assert _index([corpus / "videos" / "video0000.mp4"], out, models) == 0
+    shard = next((out / "shards").glob("*.pt"))
+    marker = tmp_path / "ran"
+    torch.save({"video_vectors": Payload(marker)}, shard)
+    record = shard.with_suffix(".json")
+    entry = json.loads(record.read_text())
+    entry.update(sha256=shards.file_sha256(shard), bytes=shard.stat().st_size)
+    record.write_text(json.dumps(entry))
+    capsys.readouterr()
+    assert main(["search", str(out), "a red circle"]) == 2
+    err = capsys.readouterr().err
+    assert f"{shard}: not a readable index shard (UnpicklingError" in err and not marker.exists()
