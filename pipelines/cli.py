@@ -287,8 +287,8 @@ def _lightning(argv: list[str]) -> int:
             ) from None
         raise ValueError(
             f"checkpoint {_flag_value(argv, '--ckpt_path')}: holds {refused_global(error) or 'an object'}, not only "
-            "tensors and plain values; refused, as loading it could run code. Only for a checkpoint you trust: "
-            "--weights_only false"
+            "tensors and plain values; refused, as loading it could run code (Lightning commands read checkpoints "
+            "weights-only; save a trusted one again with tensors and plain values only)"
         ) from None
     return 0
 

@@ -50,7 +50,8 @@ class RecipeCLI(LightningCLI):
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        # --ckpt_path never runs code from the file, whatever torch's default; --weights_only false to trust one
+        # --ckpt_path never runs code from the file, whatever torch's default (LightningCLI reads its
+        # hyper-parameters weights-only too)
         parser.set_defaults(weights_only=True)
         return parser
 

@@ -78,6 +78,13 @@ def test_trust_checkpoint_is_the_explicit_way_in(corpus, models, tmp_path, capsy
     assert "holds argparse.Namespace" in capsys.readouterr().err
     assert main([*ask, "--trust-checkpoint"]) == 0
     assert "Q: What?" in capsys.readouterr().out
+    retrieval = _altered(models["retrieval"], tmp_path / "retrieval.ckpt", extra=argparse.Namespace(lr=0.1))
+    data = str(Path(models["retrieval"]).parent / "data-retrieval-0")
+    fit = ["fit", "-c", "configs/retrieval_synthetic.yaml", "--model.init_args.dim", "32", "--model.init_args.depth",
+           "1", "--model.init_args.heads", "2", "--model.init_args.pos_dim", "4", "--model.init_args.embed_dim", "16",
+           "--data.data_dir", data, "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.max_epochs", "2",
+           "--trainer.enable_progress_bar", "false", "--ckpt_path", str(retrieval)]  # fmt: skip
+    assert main(fit) == 2 and "holds argparse.Namespace" in capsys.readouterr().err  # Lightning reads weights-only
 
 
 # ------------------------------------------------------------------ one writer per directory
