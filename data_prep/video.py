@@ -265,8 +265,8 @@ class _DecordDecoder:
 class _PyAVDecoder:
     name = "pyav"
 
-    def __init__(self, path: Path, table: _FrameTable) -> None:
-        self._path, self._table = path, table
+    def __init__(self, path: Path, table: _FrameTable, threads: bool = True) -> None:
+        self._path, self._table, self._threads = path, table, threads
         self._index_of_pts = {p: i for i, p in enumerate(table.pts)} if table.pts else None
 
     def decode(self, indices: list[int]) -> torch.Tensor:
@@ -286,7 +286,9 @@ class _PyAVDecoder:
         found: dict[int, np.ndarray] = {}
         with av.open(str(self._path)) as container:
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"  # frame and slice threads: measured 1.3-2x over PyAV's default here
+            # frame and slice threads: measured 1.3-2x over PyAV's default here; none where a decode must tell
+            # whether the data is damaged (with frame threads, timing decides whether an error surfaces)
+            stream.thread_type = "AUTO" if self._threads else "NONE"
             for key, wanted in runs:
                 if key > 0:  # only the first run can start at frame 0, where a fresh container already is
                     container.seek(table.seek_targets[key], stream=stream, backward=True)
@@ -412,13 +414,12 @@ class Video:
         try:
             return self._decoder.decode(indices)
         except _DecordFailure as failure:
-            pyav = _PyAVDecoder(self.path, self._table)
-            frames = pyav.decode(indices)  # a damaged file raises here, naming the frame
+            frames = _PyAVDecoder(self.path, self._table, threads=False).decode(indices)  # damage raises here
             if not self._fallback:
                 raise VideoError(
                     self.path, f"decord cannot decode it ({failure}); backend 'pyav' or 'auto' can"
                 ) from None
-            self._decoder = pyav
+            self._decoder = _PyAVDecoder(self.path, self._table)
             return frames
 
     def __repr__(self) -> str:

@@ -273,7 +273,13 @@ def test_corrupt_data_names_the_frame(make_video, backend):
         video.frames(range(N_FRAMES))
     assert str(corrupt) in str(error.value)
     failed = int(re.search(r"fails at frame (\d+)", str(error.value)).group(1))
-    assert 0 < failed <= 24 and frame_ids(open_video(corrupt, backend).frames(range(failed))) == list(range(failed))
+    assert 0 < failed <= 24
+    try:
+        before = open_video(corrupt, backend).frames(range(failed))
+    except VideoError as err:  # decord's decoding thread reads ahead into the damage, depending on timing
+        assert backend == "decord" and "decord cannot decode it" in str(err) and "'pyav' or 'auto' can" in str(err)
+        before = open_video(corrupt, "auto").frames(range(failed))
+    assert frame_ids(before) == list(range(failed))
 
 
 @pytest.mark.parametrize("backend", ["decord", "pyav", "auto"])

@@ -84,7 +84,9 @@ def write_video(
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = pix_fmt
-        stream.options = options or {}
+        # one encoder thread: threaded libx264 output varies with the machine's load, and the tests that damage
+        # a file's bytes need the same file every time
+        stream.options = {**({"threads": "1"} if codec == "libx264" else {}), **(options or {})}
         if rotation is not None:
             stream.set_display_rotation(rotation)
         if pts_ms is not None:
