@@ -17,6 +17,7 @@ import importlib.metadata as metadata
 import json
 import pickle
 import sys
+from pathlib import Path
 
 PACKAGES = (
     "torch",
@@ -88,6 +89,12 @@ def _inference_parsers(sub) -> None:
     p.add_argument("--devices", default="auto", help="e.g. 2 (with --strategy ddp) or auto")
     p.add_argument("--strategy", default="auto")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--ann",
+        action="store_true",
+        default=None,
+        help="also build FAISS IVF indexes for approximate search (automatic past 1M clips; kept up to date after)",
+    )
     _add_model_args(p, "retrieval")
     p.add_argument(
         "--zero-shot",
@@ -98,7 +105,8 @@ def _inference_parsers(sub) -> None:
     )
     p = sub.add_parser("search", help="text-to-video search over an index (or, with --eval, its R@k)")
     p.add_argument("index")
-    p.add_argument("query", nargs="?", help="what to search for (not with --eval)")
+    p.add_argument("query", nargs="?", help="what to search for (not with --eval or --queries)")
+    p.add_argument("--queries", default=None, help="a text file of queries, one per line: JSON lines out, one call")
     p.add_argument(
         "--eval",
         default=None,
@@ -141,6 +149,7 @@ def _run_inference(args) -> int:
             prepared=args.prepared,
             zero_shot=args.zero_shot,
             trust_checkpoint=args.trust_checkpoint,
+            ann=args.ann,
             batch_size=args.batch_size,
             accelerator=args.accelerator,
             devices=devices,
@@ -159,14 +168,21 @@ def _run_inference(args) -> int:
         from pipelines.infer.search import Searcher
 
         reranker = (args.rerank_ckpt or str(DEFAULT_CHECKPOINTS["rerank"])) if args.rerank else None
-        if (args.query is None) == (args.eval is None):
-            raise ValueError('give a "query" to search for, or --eval ANNOTATIONS to score the index')
+        if sum(x is not None for x in (args.query, args.eval, args.queries)) != 1:
+            raise ValueError('give one of: a "query" to search for, --queries FILE, or --eval ANNOTATIONS')
         searcher = Searcher(
             args.index, args.ckpt, args.prepared, reranker=reranker, trust_checkpoint=args.trust_checkpoint
         )
         if args.eval:
             scores = searcher.evaluate(args.eval, args.split)
             print(json.dumps(scores, indent=1) if args.json else _format_scores(scores, args.index))
+            return 0
+        if args.queries:
+            queries = [line for line in Path(args.queries).read_text(encoding="utf-8").splitlines() if line.strip()]
+            results = searcher.search_many(queries, args.top_k, args.level, rerank=args.rerank)
+            for warning in dict.fromkeys(w for r in results for w in r["warnings"]):
+                print(f"warning: {warning}", file=sys.stderr)
+            print("\n".join(json.dumps(r, ensure_ascii=False) for r in results))
             return 0
         result = searcher.search(args.query, args.top_k, args.level, rerank=args.rerank)
         for warning in result["warnings"]:

@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -38,6 +39,7 @@ from data_prep.datasets import VIDEO_EXTENSIONS
 from data_prep.locking import DirectoryLock, first_process
 from data_prep.shards import atomic_write, file_sha256, load_tensors, remove_temporaries, tensor_bytes
 
+from .ann import AUTO_VECTORS, build_ann, load_ann
 from .retrievers import ClipMeanP, TrainedRetriever, load_retriever
 
 __all__ = ["Index", "IndexMismatch", "IndexModule", "IndexWriter", "build_index", "list_videos"]
@@ -107,7 +109,7 @@ class Index:
     def version(self) -> str:
         return self.manifest["model"]["version"]
 
-    @property
+    @cached_property
     def clip_ptr(self) -> torch.Tensor:
         """[V + 1]: video v's clips are rows ``clip_ptr[v]:clip_ptr[v + 1]`` (shards keep a video's clips
         together and in video order)."""
@@ -363,6 +365,7 @@ def build_index(
     prepared: str | None = None,
     zero_shot: str | None = None,
     trust_checkpoint: bool = False,
+    ann: bool | None = None,
     batch_size: int = 8,
     accelerator: str = "auto",
     devices="auto",
@@ -380,6 +383,9 @@ def build_index(
         zero_shot: instead of a checkpoint, a data recipe (or prepared directory) whose frame encoder is
             open_clip: CLIP meanP embeddings, no training needed (:class:`~pipelines.infer.retrievers.ClipMeanP`).
         trust_checkpoint: see :func:`~pipelines.infer.checkpoints.load_model`.
+        ann: build the approximate-search files (:mod:`pipelines.infer.ann`); None: when the index passes
+            :data:`~pipelines.infer.ann.AUTO_VECTORS` clips, or already has them (then they are rebuilt when
+            the index changed).
         batch_size: videos per predict step (TransNetV2 scores a batch in one packed stream).
         accelerator, devices, strategy: Lightning's (e.g. ``devices=2, strategy="ddp"``).
     """
@@ -388,10 +394,10 @@ def build_index(
     root = Path(out)
     videos = list_videos(sources)
     with DirectoryLock(root, "mmhsa index"):
-        return _build(root, videos, model, batch_size, accelerator, devices, strategy, progress, started)
+        return _build(root, videos, model, ann, batch_size, accelerator, devices, strategy, progress, started)
 
 
-def _build(root, videos, model, batch_size, accelerator, devices, strategy, progress, started) -> dict:
+def _build(root, videos, model, ann, batch_size, accelerator, devices, strategy, progress, started) -> dict:
     """:func:`build_index` once the index directory is this run's."""
     index = _open_or_create(root, model)
     cleaned = _clean(root, index) if first_process() else {}
@@ -429,6 +435,10 @@ def _build(root, videos, model, batch_size, accelerator, devices, strategy, prog
             return report
     final = Index.open(root)
     atomic_write(root / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in final.failures).encode())
+    had_ann = (root / "ann" / "ann.json").is_file()
+    if len(final.videos) and (ann or (ann is None and (had_ann or len(final.clip_vectors) >= AUTO_VECTORS))):
+        if ann or not had_ann or load_ann(final, root)[1] is not None:  # asked, new, or stale
+            report["ann"] = build_ann(final, root)
     seconds = time.perf_counter() - started
     report.update(
         written=writer.written,

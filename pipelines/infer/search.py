@@ -21,6 +21,7 @@ from data_prep.datasets import read_jsonl_folder
 from data_prep.text import check_text
 from pipelines.train.metrics import recall_summary, retrieval_ranks
 
+from .ann import load_ann
 from .checkpoints import TrainedModel, load_model
 from .index import Index, IndexMismatch
 from .retrievers import recorded_retriever
@@ -81,6 +82,7 @@ class Searcher:
         )
         recorded = self.index.manifest["model"]
         self.model = recorded_retriever(self.index.manifest, checkpoint, prepared, trust_checkpoint)
+        self.ann, self.ann_warning = load_ann(self.index, self.index.root)
         if self.model.version != recorded["version"]:
             raise IndexMismatch(
                 f"{index} was built with model {recorded['version']} ({recorded['path']}); the model "
@@ -101,48 +103,56 @@ class Searcher:
         Returns:
             {"query", "level", "dropped", "warnings", "hits": [{"rank", "score", "video", "clip", "start",
             "end", "clip_score", "video_score"}]}: ``warnings`` says when part of the index is set aside
-            (corrupt shards) and which hits point at files no longer on disk (those hits carry
-            ``"missing": true``).
+            (corrupt shards), when its ANN files are stale, and which hits point at files no longer on disk
+            (those hits carry ``"missing": true``).
 
         Raises:
             ValueError: a query that is empty, not valid Unicode or too long (:func:`~data_prep.text.check_text`),
                 or an unknown level.
         """
+        return self.search_many([query], k, level, rerank)[0]
+
+    def search_many(self, queries: list[str], k: int = 10, level: str = "video", rerank: bool = False) -> list[dict]:
+        """:meth:`search` for several queries at once: one text-encoder pass and one gallery search for all."""
         if level not in ("video", "clip"):
             raise ValueError(f"level must be 'video' or 'clip', got {level!r}")
         if rerank and (self.reranker is None or level != "video"):
             raise ValueError("rerank needs a re-rank checkpoint (--rerank-ckpt) and level 'video'")
-        check_text(query, "query")
+        for i, query in enumerate(queries):
+            check_text(query, "query" if len(queries) == 1 else f"query {i + 1}")
         ix = self.index
-        q, dropped = self.embed([query])
-        warnings = []
+        q, dropped = self.embed(queries)
+        warnings = [self.ann_warning] if self.ann_warning else []
         if ix.corrupt or ix.set_aside:
             names = ix.corrupt + ix.set_aside
             warnings.append(
                 f"{len(names)} shard(s) of {ix.root} are corrupt or set aside ({', '.join(names[:3])}): their "
                 "videos are not searched until `mmhsa index` runs on the index again"
             )
+        results = []
         if not len(ix.videos):
-            return {"query": query, "level": level, "dropped": dropped[0], "warnings": warnings, "hits": []}
-        clip_scores = ix.clip_vectors @ q[0]  # [C]: every hit needs its video's best clip
-        ptr = ix.clip_ptr
-        hits = []
-        if level == "video":
-            scores, rows = top_k(q, ix.video_vectors, k)
-            for score, v in zip(scores[0].tolist(), rows[0].tolist()):
-                c = int(ptr[v] + clip_scores[ptr[v] : ptr[v + 1]].argmax())
-                hits.append(self._hit(len(hits) + 1, score, v, c, clip_scores, q[0], ptr))
-        else:
-            scores, rows = top_k(q, ix.clip_vectors, k)
-            for score, c in zip(scores[0].tolist(), rows[0].tolist()):
-                hits.append(self._hit(len(hits) + 1, score, int(ix.clip_video[c]), c, clip_scores, q[0], ptr))
-        if rerank:
-            hits = self._rerank(query, hits)
-        for hit in hits:
-            if not Path(hit["video"]).is_file():
-                hit["missing"] = True
-                warnings.append(f"{hit['video']}: no longer on disk (deleted or moved since it was indexed)")
-        return {"query": query, "level": level, "dropped": dropped[0], "warnings": warnings, "hits": hits}
+            return [{"query": t, "level": level, "dropped": d, "warnings": warnings, "hits": []}
+                    for t, d in zip(queries, dropped)]  # fmt: skip
+        gallery = "videos" if level == "video" else "clips"
+        vectors = ix.video_vectors if level == "video" else ix.clip_vectors
+        ann = self.ann.get(gallery)
+        scores, rows = ann.search(q, k) if ann is not None else top_k(q, vectors, k)
+        for i, query in enumerate(queries):
+            hits = []
+            for score, row in zip(scores[i].tolist(), rows[i].tolist()):
+                if row < 0:  # FAISS pads with -1 when it finds fewer than k
+                    continue
+                v, c = (row, None) if level == "video" else (int(ix.clip_video[row]), row)
+                hits.append(self._hit(len(hits) + 1, score, v, c, q[i]))
+            if rerank:
+                hits = self._rerank(query, hits)
+            notes = list(warnings)
+            for hit in hits:
+                if not Path(hit["video"]).is_file():
+                    hit["missing"] = True
+                    notes.append(f"{hit['video']}: no longer on disk (deleted or moved since it was indexed)")
+            results.append({"query": query, "level": level, "dropped": dropped[i], "warnings": notes, "hits": hits})
+        return results
 
     def evaluate(self, annotations: str | Path, split: str = "test", batch_size: int = 256) -> dict:
         """Text-to-video and video-to-text retrieval over the index, the queries being the captions of
@@ -212,10 +222,12 @@ class Searcher:
             hit["rank"] = rank
         return ordered
 
-    def _hit(
-        self, rank: int, score: float, v: int, c: int, clip_scores: torch.Tensor, query: torch.Tensor, ptr: torch.Tensor
-    ) -> dict:
+    def _hit(self, rank: int, score: float, v: int, c: int | None, query: torch.Tensor) -> dict:
+        """A hit on video ``v`` (and clip row ``c``; None: the video's best clip for ``query``)."""
         ix = self.index
+        ptr = ix.clip_ptr
+        own = ix.clip_vectors[ptr[v] : ptr[v + 1]] @ query  # only this video's clips: no pass over the gallery
+        c = int(ptr[v] + own.argmax()) if c is None else c
         start, end = ix.clip_times[c].tolist()
         return {
             "rank": rank,
@@ -224,6 +236,6 @@ class Searcher:
             "clip": c - int(ptr[v]),
             "start": round(start, 2),
             "end": round(end, 2),
-            "clip_score": round(float(clip_scores[c]), 4),
+            "clip_score": round(float(own[c - int(ptr[v])]), 4),
             "video_score": round(float(ix.video_vectors[v] @ query), 4),
         }
