@@ -29,7 +29,17 @@ import torch
 
 from data_prep.shards import atomic_write
 
-__all__ = ["AUTO_VECTORS", "TARGET_RECALL", "AnnIndex", "build_ann", "content_signature", "load_ann"]
+__all__ = [
+    "AUTO_VECTORS",
+    "TARGET_RECALL",
+    "AnnIndex",
+    "build_ann",
+    "content_signature",
+    "ivf_index",
+    "load_ann",
+    "recall_at",
+    "tune_nprobe",
+]
 
 AUTO_VECTORS = 1_000_000  # clips past which `mmhsa index` builds the ANN indexes without being asked
 TARGET_RECALL = 0.95
@@ -70,7 +80,7 @@ class AnnIndex:
         return torch.from_numpy(scores), torch.from_numpy(rows.astype(np.int64))
 
 
-def _ivf(vectors: np.ndarray, previous=None):
+def ivf_index(vectors: np.ndarray, previous=None):
     """An IVF-Flat index over ``vectors`` [N, E]: the previous one's trained lists reused when it fits."""
     import faiss
 
@@ -82,7 +92,8 @@ def _ivf(vectors: np.ndarray, previous=None):
         nlist = max(1, min(int(4 * math.sqrt(n)), n // 39 or 1))  # FAISS wants >= 39 training points per list
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(0)
-        train = vectors[rng.choice(n, size=min(n, 256 * nlist), replace=False)] if n > 256 * nlist else vectors
+        # 64 training vectors per list: the k-means cost stays bounded, as FAISS's own guidance allows
+        train = vectors[rng.choice(n, size=64 * nlist, replace=False)] if n > 64 * nlist else vectors
         index.train(train)
     index.add(vectors)
     return index
@@ -93,7 +104,7 @@ def _without(rows: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
     return np.stack([[r for r in row if r != o][:k] for row, o in zip(rows, own)])
 
 
-def _tune(index, vectors: np.ndarray) -> tuple[int, float]:
+def tune_nprobe(index, vectors: np.ndarray) -> tuple[int, float]:
     """The smallest power-of-two nprobe reaching the target recall@10 on sampled gallery vectors, each
     query's own row left out of both answers (so that it stands for a query from outside the gallery)."""
     rng = np.random.default_rng(1)
@@ -126,8 +137,8 @@ def build_ann(index, root: Path) -> dict:
         data = np.ascontiguousarray(vectors.float().numpy())
         path = folder / f"{name}.faiss"
         previous = faiss.read_index(str(path)) if name in old.get("galleries", {}) and path.is_file() else None
-        ivf = _ivf(data, previous)
-        nprobe, recall = _tune(ivf, data)
+        ivf = ivf_index(data, previous)
+        nprobe, recall = tune_nprobe(ivf, data)
         atomic_write(path, faiss.serialize_index(ivf).tobytes())
         record["galleries"][name] = {
             "vectors": int(ivf.ntotal),
