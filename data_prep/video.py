@@ -31,6 +31,7 @@ import decord
 import numpy as np
 import torch
 import torch.nn.functional as F
+from av.video.reformatter import VideoReformatter
 
 __all__ = ["DECODERS", "Video", "VideoError", "open_video", "resize"]
 
@@ -265,8 +266,14 @@ class _DecordDecoder:
 class _PyAVDecoder:
     name = "pyav"
 
-    def __init__(self, path: Path, table: _FrameTable, threads: bool = True) -> None:
+    def __init__(self, path: Path, table: _FrameTable, threads: bool = True, size: tuple[int, int] | None = None):
+        """``size``: (height, width) of the frames as displayed, scaled by FFmpeg's swscale (bicubic) as they
+        are decoded, instead of the native size."""
         self._path, self._table, self._threads = path, table, threads
+        self._stored_size = None
+        self._scaler = VideoReformatter()  # one swscale context for every frame (a new one per frame costs 1.5x)
+        if size is not None:  # swscale works on the stored frame: a turned video is scaled to the turned size
+            self._stored_size = (size[1], size[0]) if table.rotation in (90, 270) else tuple(size)
         self._index_of_pts = {p: i for i, p in enumerate(table.pts)} if table.pts else None
 
     def decode(self, indices: list[int]) -> torch.Tensor:
@@ -314,7 +321,13 @@ class _PyAVDecoder:
                 if index in wanted:  # frames before a seek's keyframe may be corrupt, and are not wanted
                     if frame.is_corrupt:
                         raise VideoError(self._path, f"corrupt: frame {index} of {n} decodes with errors")
-                    found[index] = frame.to_ndarray(format="rgb24")
+                    if self._stored_size is None:
+                        found[index] = frame.to_ndarray(format="rgb24")
+                    else:
+                        height, width = self._stored_size
+                        found[index] = self._scaler.reformat(
+                            frame, width=width, height=height, format="rgb24", interpolation="BICUBIC"
+                        ).to_ndarray()
                 if index >= last:
                     break
         except av.FFmpegError as e:
@@ -407,6 +420,21 @@ class Video:
             return decoded
         row = {i: r for r, i in enumerate(unique)}
         return decoded[[row[i] for i in order]]
+
+    def scaled_frames(self, indices: Sequence[int], size: tuple[int, int]) -> torch.Tensor:
+        """Frames by index (sorted, unique) at ``size`` = (height, width), upright, scaled in the decoder
+        (FFmpeg's swscale, bicubic) rather than decoded at full size and resized: for HD video several times
+        faster (``benchmarks/bench_decode.py``). PyAV decodes them whatever the backend; damaged data raises
+        as in :meth:`frames`.
+        """
+        indices = [int(i) for i in indices]
+        if indices != sorted(set(indices)) or (indices and not 0 <= indices[0] <= indices[-1] < self.num_frames):
+            raise IndexError(
+                f"video '{self.path}': scaled_frames takes sorted, unique indices in 0..{self.num_frames - 1}"
+            )
+        if not indices:
+            return torch.empty((0, *size, 3), dtype=torch.uint8)
+        return _PyAVDecoder(self.path, self._table, size=size).decode(indices)
 
     def _decode(self, indices: list[int]) -> torch.Tensor:
         if isinstance(self._decoder, _PyAVDecoder):
