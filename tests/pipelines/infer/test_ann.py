@@ -1,8 +1,11 @@
 """Approximate search (FAISS IVF) beside exact search: measured recall, rebuilds, staleness, batch queries."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from pipelines.cli import main
@@ -98,3 +101,13 @@ def test_a_file_of_queries_is_one_call(index, tmp_path, capsys):
         single = json.loads(capsys.readouterr().out)["hits"]
         assert [(h["video"], h["clip"]) for h in single] == [(h["video"], h["clip"]) for h in batched["hits"]]
         assert all(abs(a["score"] - b["score"]) <= 2e-4 for a, b in zip(single, batched["hits"]))  # batch padding
+
+
+@pytest.mark.slow
+def test_the_search_benchmark_runs(tmp_path):
+    """`make bench-search` at a toy size: it prints its table and writes the JSON the docs quote."""
+    done = subprocess.run([sys.executable, "benchmarks/bench_search.py", "--sizes", "3000", "--dim", "16",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert row["clips"] == 3000 and row["ivf_recall10"] >= 0.9 and row["ivf_build_recall10"] >= 0.95
