@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 DEPS_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 
-.PHONY: help setup prepare train test test-fast lint bench-op demo bench-index bench-decode bench-search bench-inject probe-motion
+.PHONY: help setup prepare train test test-fast lint bench-op demo bench-index bench-decode bench-shots bench-search bench-inject probe-motion
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ bench-index: setup  ## batch-inference benchmark: indexing throughput per stage,
 
 bench-decode: setup  ## the shot detector's decode stage vs the ffmpeg floor on the sample videos in the wheels
 	$(PY) benchmarks/bench_decode.py $(ARGS)
+
+bench-shots: setup  ## shot detection: TransNetV2 vs PySceneDetect's AdaptiveDetector (corpus ground truth, test.mp4)
+	$(PY) benchmarks/bench_shots.py $(ARGS)
 
 bench-search: setup  ## search at scale: exact top-k vs FAISS flat vs IVF at 100k and 1M clips (ARGS="--sizes ...")
 	$(PY) benchmarks/bench_search.py $(ARGS)

@@ -102,12 +102,21 @@ class WindowConfig:
         )
 
 
+SHOT_DETECTORS = ("transnetv2", "adaptive")
+
+
 @dataclass(frozen=True)
 class ShotConfig:
     """Shot-boundary clips.
 
     Attributes:
-        threshold: a frame whose transition probability exceeds it is part of a transition; in (0, 1).
+        detector: "transnetv2" (the learned detector, its shipped weights) or "adaptive" (PySceneDetect's
+            AdaptiveDetector on the same 48x27 frames: content change against its rolling mean, hundreds of
+            times faster on a CPU; ``benchmarks/bench_shots.py`` reports how the two agree).
+        threshold: (transnetv2) a frame whose transition probability exceeds it is part of a transition;
+            in (0, 1).
+        adaptive_threshold: (adaptive) the ratio of a frame's content change to its neighbours' mean that
+            makes a cut; > 0.
         min_clip_seconds: shots shorter than this merge into a neighbour; >= 0.
         max_clip_seconds: shots longer than this split into equal parts; at least 2 * min_clip_seconds, so
             that a part is never shorter than the minimum (``math.inf``: never split).
@@ -116,8 +125,12 @@ class ShotConfig:
     threshold: float = 0.5
     min_clip_seconds: float = 1.0
     max_clip_seconds: float = 10.0
+    detector: str = "transnetv2"
+    adaptive_threshold: float = 3.0
 
     def __post_init__(self) -> None:
+        _require(self.detector in SHOT_DETECTORS, self, "detector", f"must be one of {SHOT_DETECTORS}")
+        _require(self.adaptive_threshold > 0, self, "adaptive_threshold", "must be > 0")
         _require(0 < self.threshold < 1, self, "threshold", "must be in (0, 1)")
         _require(self.min_clip_seconds >= 0, self, "min_clip_seconds", "must be >= 0")
         _require(
@@ -322,6 +335,31 @@ class ShotDetector:
 # frames at least this large (pixels) are scaled by the decoder: above it decoding at full size and resizing
 # in torch costs several times the decoder's own pace; below it (e.g. 160x90) batched decoding is faster
 SCALER_MIN_PIXELS = 320 * 180
+
+
+class ContentShotDetector:
+    """PySceneDetect's AdaptiveDetector over TransNetV2's 48x27 frames: a frame starts a shot when its HSV
+    content change (against the previous frame) is ``adaptive_threshold`` times its neighbours' mean and at
+    least 15 (PySceneDetect's ``min_content_val``), at least ``min_scene_frames`` after the last cut.
+
+    ``starts(frames, fps)`` with ``frames: [N, 27, 48, 3] uint8`` RGB returns the sorted frames in (0, N)
+    where new shots begin, as :func:`shot_starts` does for TransNetV2.
+    """
+
+    def __init__(self, adaptive_threshold: float = 3.0, min_scene_frames: int = 3) -> None:
+        self.adaptive_threshold, self.min_scene_frames = adaptive_threshold, min_scene_frames
+
+    def starts(self, frames: torch.Tensor, fps: float) -> list[int]:
+        from scenedetect import AdaptiveDetector, FrameTimecode
+
+        if frames.dim() != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+            raise ValueError(f"frames must be [N, H, W, 3] uint8, got {list(frames.shape)} {frames.dtype}")
+        detector = AdaptiveDetector(adaptive_threshold=self.adaptive_threshold, min_scene_len=self.min_scene_frames)
+        bgr = frames.numpy()[..., ::-1]  # OpenCV's channel order
+        cuts = []
+        for i in range(len(bgr)):
+            cuts += detector.process_frame(FrameTimecode(i, fps), np.ascontiguousarray(bgr[i]))
+        return sorted({int(c.frame_num) for c in cuts if 0 < int(c.frame_num) < len(bgr)})
 
 
 def small_frames(video: Video, chunk_bytes: int = 256 << 20, scaler: bool | None = None) -> torch.Tensor:

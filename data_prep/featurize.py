@@ -26,6 +26,7 @@ from mmhsa.encoders.text import TextEncoderConfig, build_text_encoder
 from .assemble import ClipLeaves, Limits, TextLeaves, even_subsample
 from .clips import (
     Clip,
+    ContentShotDetector,
     ShotConfig,
     ShotDetector,
     WindowConfig,
@@ -114,7 +115,8 @@ class Opened:
 
     path: Path
     video: Video | None = None
-    probabilities: torch.Tensor | None = None
+    probabilities: torch.Tensor | None = None  # TransNetV2's per frame
+    starts: list[int] | None = None  # the adaptive detector's shot starts
     stage: str = ""
     error: str = ""
 
@@ -140,7 +142,13 @@ class VideoFeaturizer:
     ) -> None:
         self.config, self.stages, self.chunk_frames = config, stages or Stages(), chunk_frames
         self.encoder = PatchEncoder(frames, device=device)
-        self.detector = ShotDetector(device) if config.clips == "shots" else None
+        shots = config.clips == "shots"
+        self.detector = ShotDetector(device) if shots and config.shots.detector == "transnetv2" else None
+        self.content = (
+            ContentShotDetector(config.shots.adaptive_threshold)
+            if shots and config.shots.detector == "adaptive"
+            else None
+        )
 
     def open_group(self, paths: Sequence[Path]) -> list[Opened]:
         """Open each video and score its shots (one packed TransNetV2 stream for the group)."""
@@ -151,13 +159,18 @@ class VideoFeaturizer:
             try:
                 with self.stages.timed("decode"):
                     entry.video = open_video(path, self.config.backend)
-                    frames = small_frames(entry.video) if self.detector else None
+                    frames = small_frames(entry.video) if self.detector or self.content else None
                 if frames is not None:
                     self.stages.counts["decode"] += len(frames)
             except VIDEO_ERRORS as error:
                 entry.video, entry.stage, entry.error = None, "decode", str(error)
             opened.append(entry)
             small.append(frames)
+        if self.content:
+            for entry, s in zip(opened, small):
+                if s is not None:
+                    with self.stages.timed("shots", len(s)):
+                        entry.starts = self.content.starts(s, entry.video.fps)
         if self.detector:
             scored = [s for s in small if s is not None]
             with self.stages.timed("shots", sum(len(s) for s in scored)):
@@ -170,6 +183,8 @@ class VideoFeaturizer:
     def clips(self, opened: Opened) -> list[Clip]:
         """The video's clips: shots from its probabilities, or fixed windows."""
         video = opened.video
+        if opened.starts is not None:
+            return clips_from_shots(opened.starts, video.timestamps, video.duration, self.config.shots)
         if opened.probabilities is None:
             return fixed_windows(video.timestamps, video.duration, self.config.windows)
         shots = self.config.shots

