@@ -297,14 +297,13 @@ def _lightning(argv: list[str]) -> int:
     except pickle.UnpicklingError as error:  # --ckpt_path names a file that a weights-only load refuses
         from pipelines.train.fusion import refused_global
 
-        if not refused_global(error):
-            raise ValueError(
-                f"checkpoint {_flag_value(argv, '--ckpt_path')}: not a readable checkpoint ({error})"
-            ) from None
+        ckpt, refused = _flag_value(argv, "--ckpt_path"), refused_global(error)
+        if not refused:
+            raise ValueError(f"checkpoint {ckpt}: not a readable checkpoint ({error})") from None
         raise ValueError(
-            f"checkpoint {_flag_value(argv, '--ckpt_path')}: holds {refused_global(error) or 'an object'}, not only "
-            "tensors and plain values; refused, as loading it could run code (Lightning commands read checkpoints "
-            "weights-only; save a trusted one again with tensors and plain values only)"
+            f"checkpoint {ckpt}: holds {refused}, not only tensors and plain values; refused, as loading it could "
+            "run code (Lightning commands read checkpoints weights-only; save a trusted one again with tensors "
+            "and plain values only)"
         ) from None
     return 0
 
