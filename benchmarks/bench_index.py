@@ -4,7 +4,7 @@
    TransNetV2 shots, EfficientNet-Lite0 patches, the HSA dual encoder) over ``--videos`` videos of the
    embedded corpus; videos/min, frames/s per stage, and the model's share (the rest of the wall time).
 2. Search: an index of synthetic unit embeddings (10k and 100k clips, 128-d, 8 clips per video),
-   exact top-10 by chunked matrix products (:func:`pipelines.infer.search.top_k`) against the plain
+   exact top-10 by chunked matrix products (:func:`pipelines.infer.exact.top_k`) against the plain
    alternative in the same run (the full score matrix, then a full sort); plus the latency of one real
    query end to end on the index of step 1 (query text -> MiniLM -> HSA text tower -> search).
 

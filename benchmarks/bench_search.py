@@ -4,7 +4,7 @@ For each size, an index of unit embeddings around 1,024 centres (noise as large 
 clusters overlap; ``--dim`` wide, 30 clips per video) is searched with 200 held-out queries of the same
 distribution:
 
-- exact: :func:`pipelines.infer.search.top_k` (chunked matrix products; the default search);
+- exact: :func:`pipelines.infer.exact.top_k` (chunked matrix products; the default search);
 - faiss flat: ``IndexFlatIP``, FAISS's exact search (the reference for speed);
 - ivf: the IVF-Flat index ``mmhsa index --ann`` builds, with the nprobe its build tuned; build seconds,
   the recall@10 the build measured, and the recall@10 on the held-out queries against exact.
@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.infer.ann import AnnIndex, ivf_index, recall_at, tune_nprobe  # noqa: E402
-from pipelines.infer.search import top_k  # noqa: E402
+from pipelines.infer.exact import top_k  # noqa: E402
 
 CLIPS_PER_VIDEO = 30
 

@@ -146,7 +146,7 @@ def _to_record(sample: Sample) -> dict:
 def _digest(features: torch.Tensor) -> str:
     """Content address of a video's features (shape and bytes)."""
     h = hashlib.sha256(str(tuple(features.shape)).encode())
-    h.update(features.contiguous().view(torch.uint8).numpy().tobytes())
+    h.update(features.contiguous().view(torch.uint8).numpy())  # the buffer itself: no copy of the bytes
     return h.hexdigest()[:32]
 
 

@@ -271,7 +271,8 @@ class _PyAVDecoder:
         are decoded, instead of the native size."""
         self._path, self._table, self._threads = path, table, threads
         self._stored_size = None
-        self._scaler = VideoReformatter()  # one swscale context for every frame (a new one per frame costs 1.5x)
+        # one swscale context for every frame (a new one per frame costs 1.5x)
+        self._scaler = VideoReformatter() if size is not None else None
         if size is not None:  # swscale works on the stored frame: a turned video is scaled to the turned size
             self._stored_size = (size[1], size[0]) if table.rotation in (90, 270) else tuple(size)
         self._index_of_pts = {p: i for i, p in enumerate(table.pts)} if table.pts else None

@@ -99,14 +99,15 @@ class TokenEncoder:
     ):
         from transformers import AutoTokenizer
 
-        from .weights import hf_encoder
+        from .weights import first_line, hf_encoder
 
         self.model_path = model_path or minilm_path()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
         except (OSError, ValueError) as err:
-            first = str(err).strip().split("\n")[0][:300]
-            raise ValueError(f"text encoder {self.model_path}: no tokenizer ({type(err).__name__}: {first})") from None
+            raise ValueError(
+                f"text encoder {self.model_path}: no tokenizer ({type(err).__name__}: {first_line(err)})"
+            ) from None
         self.model = hf_encoder(self.model_path, partial).to(device).eval()
         self.left_random = self.model.left_random
         limit = self.model.config.max_position_embeddings - 2

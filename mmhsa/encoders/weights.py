@@ -40,6 +40,11 @@ TIMM_FILES = ("model.safetensors", "pytorch_model.bin")  # in a timm model's Hug
 HF_HEADS = ("cls.", "lm_head.", "classifier.", "pre_classifier.", "qa_outputs.", "discriminator_predictions.")
 
 
+def first_line(err: BaseException) -> str:
+    """An exception's first line (at most 300 characters): libraries' load errors run to pages."""
+    return str(err).strip().split("\n")[0][:300]
+
+
 def _first(names: list[str]) -> str:
     return f"{', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
 
@@ -187,9 +192,8 @@ def open_clip_model(name: str, weights: str | None, partial: bool = False):
         finally:
             del model.load_state_dict
     except Exception as err:  # whatever a damaged or foreign file makes the readers raise (SafetensorError, ...)
-        first = str(err).strip().split("\n")[0][:300]
         raise ValueError(
-            f"open_clip {name!r} with weights {weights or name}: cannot load ({type(err).__name__}: {first})"
+            f"open_clip {name!r} with weights {weights or name}: cannot load ({type(err).__name__}: {first_line(err)})"
         ) from None
     model.left_random = fit_state(model, captured["state"], path, f"open_clip {name!r}", partial)
     return model
@@ -210,8 +214,7 @@ def hf_encoder(folder: str, partial: bool = False):
             folder, local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True
         )
     except Exception as err:  # whatever a damaged or foreign folder makes transformers raise
-        first = str(err).strip().split("\n")[0][:300]
-        raise ValueError(f"text encoder {folder}: cannot load ({type(err).__name__}: {first})") from None
+        raise ValueError(f"text encoder {folder}: cannot load ({type(err).__name__}: {first_line(err)})") from None
     missing = sorted(info["missing_keys"])
     unexpected = sorted(k for k in info["unexpected_keys"] if not k.startswith(HF_HEADS))
     wrong = sorted(str(k if isinstance(k, str) else k[0]) for k in info.get("mismatched_keys", ()))

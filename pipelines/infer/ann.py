@@ -1,6 +1,6 @@
 """Approximate search for large indexes: a FAISS inverted-file index (IVF, inner product) per gallery.
 
-Exact search (:func:`pipelines.infer.search.top_k`) stays the default. ``mmhsa index --ann`` (or an index
+Exact search (:func:`pipelines.infer.exact.top_k`) stays the default. ``mmhsa index --ann`` (or an index
 past :data:`AUTO_VECTORS` clips) also writes, under ``INDEX/ann/``:
 
     clips.faiss, videos.faiss   FAISS IVF-Flat indexes over the clip and video embeddings (row ids = the rows
@@ -29,6 +29,8 @@ import torch
 
 from data_prep.shards import atomic_write
 
+from .exact import top_k
+
 __all__ = [
     "AUTO_VECTORS",
     "TARGET_RECALL",
@@ -53,12 +55,6 @@ def content_signature(index) -> str:
     for video in index.videos:
         h.update(f"{video['path']}\0{len(video['clips'])}\0{video.get('fingerprint', '')}\n".encode())
     return h.hexdigest()[:32]
-
-
-def exact_top(queries: np.ndarray, gallery: np.ndarray, k: int) -> np.ndarray:
-    """[Q, k] rows of the exact top-k inner products (for measuring recall)."""
-    scores = torch.from_numpy(queries) @ torch.from_numpy(gallery).T
-    return scores.topk(min(k, gallery.shape[0]), dim=1).indices.numpy()
 
 
 def recall_at(found: np.ndarray, exact: np.ndarray) -> float:
@@ -113,7 +109,7 @@ def tune_nprobe(index, vectors: np.ndarray) -> tuple[int, float]:
     k = min(10, len(vectors) - 1)
     if k < 1:
         return 1, 1.0
-    exact = _without(exact_top(queries, vectors, k + 1), own, k)
+    exact = _without(top_k(torch.from_numpy(queries), torch.from_numpy(vectors), k + 1)[1].numpy(), own, k)
     nprobe, recall = 1, 0.0
     while True:
         index.nprobe = nprobe

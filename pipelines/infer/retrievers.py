@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from data_prep.assemble import ClipLeaves
 from data_prep.featurize import Featurization, Stages, VideoFeaturizer
+from data_prep.shards import file_sha256
 from data_prep.text import check_text
 from mmhsa.encoders.weights import OPEN_CLIP_DIR, open_clip_model
 
@@ -73,9 +74,7 @@ def _weights_digest(name: str, weights: str | None) -> str:
     elif weights not in (None, "random"):
         files = [Path(weights)]
     for path in files:
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
+        digest.update(file_sha256(path).encode())
     return digest.hexdigest()[:16]
 
 

@@ -253,9 +253,10 @@ def read_checkpoint(path: Path, trust: bool = False) -> dict:
         if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
             raise TypeError("no state_dict")
     except Exception as err:  # a truncated or foreign file fails in many ways inside torch.load
-        if isinstance(err, pickle.UnpicklingError) and refused_global(err):
+        refused = refused_global(err) if isinstance(err, pickle.UnpicklingError) else None
+        if refused:
             raise ValueError(
-                f"checkpoint {path}: holds {refused_global(err)}, not only tensors and plain values; refused, "
+                f"checkpoint {path}: holds {refused}, not only tensors and plain values; refused, "
                 "as loading it could run code. Only for a checkpoint you trust: --trust-checkpoint"
             ) from None
         reason = str(err).strip().split("\n", 1)[0]

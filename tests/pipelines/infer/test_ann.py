@@ -10,8 +10,8 @@ import torch
 
 from pipelines.cli import main
 from pipelines.infer.ann import build_ann, load_ann, recall_at
+from pipelines.infer.exact import top_k
 from pipelines.infer.index import Index
-from pipelines.infer.search import top_k
 
 
 def clustered(n: int, dim: int = 32) -> torch.Tensor:
