@@ -11,7 +11,6 @@ new videos comparable to what it saw.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,6 +35,7 @@ from .clips import (
     shot_starts,
     small_frames,
 )
+from .shards import read_manifest
 from .video import DECODERS, Video, VideoError, open_video
 
 __all__ = ["VIDEO_ERRORS", "Featurization", "Opened", "Stages", "TextFeaturizer", "VideoConfig", "VideoFeaturizer"]
@@ -302,7 +302,7 @@ class Featurization:
             manifest = source / "manifest.json"
             if not manifest.is_file():
                 raise FileNotFoundError(f"{source}: not a prepared task directory (no manifest.json)")
-            return cls.from_config(json.loads(manifest.read_text(encoding="utf-8"))["config"])
+            return cls.from_config(read_manifest(manifest)["config"])
         if not source.is_file():
             raise FileNotFoundError(f"{source}: no such prepared directory or data recipe")
         import yaml

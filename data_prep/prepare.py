@@ -437,6 +437,7 @@ def _prepare(config: PrepareConfig, progress: bool, started: float) -> dict:
         "prepared": preparer.prepared,
         "skipped_done": preparer.skipped,
         "failed": preparer.failed,
+        "repaired": {t.name: w.repaired for t, w in zip(config.tasks, preparer.writers) if w.repaired},
         "tasks": {t.name: w.manifest()["counts"] for t, w in zip(config.tasks, preparer.writers)},
         "stages": preparer.stages.table(),
         "seconds": round(seconds, 1),
@@ -453,6 +454,10 @@ def _print_report(report: dict) -> None:
         f"{report['skipped_done']} already done, {report['failed']} failed, {report['seconds']} s "
         f"({report['videos_per_second']} videos/s)"
     )
+    for name, lines in report["repaired"].items():
+        print(f"  task {name}: found damaged and prepared again:")
+        for line in lines:
+            print(f"    {line}")
     print(f"  {'stage':8s} {'seconds':>8s} {'count':>9s}  rate")
     for row in report["stages"]:
         rate = f"{row['per_second']} {row['unit']}/s" if row["per_second"] is not None else "-"

@@ -1,7 +1,7 @@
 """Prepared datasets on disk: shards of assembled samples, a manifest and a failure report.
 
     <dir>/manifest.json     config and its hash, encoder ids, feature widths, library versions, counts, shard list
-                            (file, samples, sha256, ids)
+                            (file, samples, sha256, ids, the video digests it stores and refers to)
     <dir>/shard-00000.pt    {"records": samples (hierarchy arrays + metadata + fp16 text features, and the digest of
                             their video's features), "videos": digest -> fp16 video features}: a video's features
                             are stored once, in the first shard holding one of its samples, however many
@@ -10,9 +10,12 @@
 
 Every file is written atomically (temp file + rename) and the manifest last, so a killed run leaves
 only complete shards; re-running with the same config skips the samples already written (and
-retries the failed ones). A full disk stops the run with :class:`DiskFull` (the directory, the bytes
-needed and free), its temporary file removed and the directory as it was before that write.
-:class:`ShardDataset` reads it back for training, checking checksums.
+retries the failed ones). A re-run first verifies what it believes done: a listed shard that is missing
+or fails its checksum is set aside (``*.corrupt``) with the shards that refer to video features it held,
+and their samples are prepared again; shard files the manifest does not list are removed, and a new
+shard never takes the name of one listed or set aside. A full disk stops the run with :class:`DiskFull`
+(the directory, the bytes needed and free), its temporary file removed and the directory as it was before that write.
+:class:`ShardDataset` reads it back for training, checking checksums, sample counts and every tree.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ __all__ = [
     "file_sha256",
     "load_tensors",
     "read_failures",
+    "read_manifest",
     "remove_temporaries",
     "tensor_bytes",
 ]
@@ -89,14 +93,15 @@ def atomic_write(path: Path, data: bytes) -> None:
         ) from None
 
 
-def load_tensors(path: Path, what: str):
-    """A file the project wrote (tensors and plain values), read without running code.
+def load_tensors(path: Path, what: str, mmap: bool = False):
+    """A file the project wrote (tensors and plain values), read without running code; ``mmap``: tensors
+    are mapped from the file, read only when used.
 
     Raises:
         ValueError: naming ``path`` when it cannot be read that way (truncated, crafted, foreign).
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # an UnpicklingError for a crafted file; EOFError, RuntimeError for a cut one
         first = str(err).strip().split("\n", 1)[0][:200]
         raise ValueError(f"{path}: not a readable {what} ({type(err).__name__}: {first})") from None
@@ -143,6 +148,12 @@ def _to_record(sample: Sample) -> dict:
     }
 
 
+def _record_ids(path: Path) -> list[str]:
+    """The sample ids a shard holds, in order (memory-mapped: the features are not read)."""
+    content = load_tensors(path, "prepared shard", mmap=True)
+    return [r["id"] for r in (content if isinstance(content, list) else content["records"])]
+
+
 def _digest(features: torch.Tensor) -> str:
     """Content address of a video's features (shape and bytes)."""
     h = hashlib.sha256(str(tuple(features.shape)).encode())
@@ -150,8 +161,9 @@ def _digest(features: torch.Tensor) -> str:
     return h.hexdigest()[:32]
 
 
-def _from_record(record: dict, video: torch.Tensor | None = None) -> Sample:
-    """A sample from its record; ``video``: its video features when the record refers to them."""
+def _from_record(record: dict, video: torch.Tensor | None = None, validated: bool = False) -> Sample:
+    """A sample from its record; ``video``: its video features when the record refers to them; ``validated``:
+    its tree was checked before (a parent cycle or out-of-range index raises ``ValueError`` otherwise)."""
     features = dict(record["features"])
     if video is not None:
         features["video"] = video
@@ -162,9 +174,25 @@ def _from_record(record: dict, video: torch.Tensor | None = None) -> Sample:
         domain=record["domain"].numpy(),
         coord=record["coord"].numpy(),
         key_names=record["key_names"],
-        _validated=True,
+        _validated=validated,
     )
     return Sample(record["id"], hierarchy, features, record["leaf_modality"].long(), record["dropped"], record["meta"])
+
+
+def read_manifest(path: Path) -> dict:
+    """A prepared directory's manifest.
+
+    Raises:
+        ValueError: naming the file when it is not a JSON object (the list of what is done is lost: move
+            the directory aside and prepare into an empty one).
+    """
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable manifest ({err}); prepare into an empty directory") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        raise ValueError(f"{path}: not a prepared-data manifest (no shard list); prepare into an empty directory")
+    return manifest
 
 
 def read_failures(directory: str | Path) -> list[dict]:
@@ -195,7 +223,7 @@ class ShardWriter:
         self.shard_size = shard_size
         manifest = self.dir / MANIFEST
         if manifest.exists():
-            old = json.loads(manifest.read_text(encoding="utf-8"))
+            old = read_manifest(manifest)
             if old.get("config_hash") != self.hash:
                 raise ValueError(
                     f"{self.dir}: holds data prepared with config {old.get('config_hash')}, this run has "
@@ -205,12 +233,62 @@ class ShardWriter:
             self.feature_dims: dict[str, int] = dict(old.get("feature_dims", {}))
         else:
             self.shards, self.feature_dims = [], {}
-        self.stored_videos = {d for shard in self.shards for d in shard.get("videos", [])}
         self.encoders = dict(encoders or {})
-        self.done_ids = {i for s in self.shards for i in s["ids"]}
         self.failures = {f["id"]: f for f in read_failures(self.dir)}
+        self.repaired = self._verify()  # what was found damaged, set aside and will be prepared again
+        self.stored_videos = {d for shard in self.shards for d in shard.get("videos", [])}
+        self.done_ids = {i for s in self.shards for i in s["ids"]}
         self.buffer: list[Sample] = []
         self.started = time.time()
+
+    def _verify(self) -> list[str]:
+        """Check every listed shard (present, checksum); set aside the bad ones and the shards that refer
+        to video features only they held; remove shard files the manifest does not list. Returns one line
+        per problem."""
+        problems, bad = [], set()  # bad: positions in self.shards
+        for s, info in enumerate(self.shards):
+            path = self.dir / info["file"]
+            if not path.is_file():
+                problems.append(f"{path}: listed in the manifest but missing; its {info['samples']} samples are redone")
+            elif file_sha256(path) != info["sha256"]:
+                problems.append(f"{path}: checksum mismatch; set aside as {path.name}.corrupt, its samples redone")
+            elif info["samples"] != len(info["ids"]) or _record_ids(path) != info["ids"]:
+                problems.append(f"{path}: holds other samples than the manifest lists; set aside, its samples redone")
+            else:
+                continue
+            bad.add(s)
+        lost = {d for s in bad for d in self.shards[s].get("videos", [])}
+        for s, info in enumerate(self.shards):
+            if lost and s not in bad and lost & set(self._refs(info)):
+                problems.append(f"{self.dir / info['file']}: refers to video features a bad shard held; set aside, "
+                                "its samples redone")  # fmt: skip
+                bad.add(s)
+        for s in bad:
+            path = self.dir / self.shards[s]["file"]
+            if path.is_file():
+                path.replace(path.with_name(path.name + ".corrupt"))
+        self.shards = [info for s, info in enumerate(self.shards) if s not in bad]
+        listed = {info["file"] for info in self.shards}
+        for path in sorted(self.dir.glob("shard-*.pt")):
+            if path.name not in listed:
+                problems.append(f"{path}: not listed in the manifest (left by a stopped run); removed")
+                path.unlink()
+        if problems:
+            atomic_write(self.dir / MANIFEST, json.dumps(self.manifest(), indent=1).encode("utf-8"))
+        return problems
+
+    def _refs(self, info: dict) -> list[str]:
+        """The video digests a shard's records refer to (read from the shard for manifests before ``refs``)."""
+        if "refs" in info:
+            return info["refs"]
+        content = load_tensors(self.dir / info["file"], "prepared shard")
+        return [] if isinstance(content, list) else [r["video_ref"] for r in content["records"] if "video_ref" in r]
+
+    def _next_file(self) -> str:
+        """A shard name no listed, set-aside or leftover file has."""
+        taken = [int(p.name[6:11]) for p in self.dir.glob("shard-[0-9][0-9][0-9][0-9][0-9].pt*")]
+        taken += [int(info["file"][6:11]) for info in self.shards]
+        return f"shard-{max(taken, default=-1) + 1:05d}.pt"
 
     def is_done(self, sample_id: str) -> bool:
         return sample_id in self.done_ids
@@ -237,7 +315,7 @@ class ShardWriter:
     def flush(self) -> None:
         """Write the buffered samples as one shard, then the failure report and the manifest."""
         if self.buffer:
-            path = self.dir / f"shard-{len(self.shards):05d}.pt"
+            path = self.dir / self._next_file()
             records, videos = [], {}
             for sample in self.buffer:
                 record = _to_record(sample)
@@ -254,6 +332,7 @@ class ShardWriter:
                     "file": path.name,
                     "samples": len(records),
                     "videos": sorted(videos),
+                    "refs": sorted({r["video_ref"] for r in records if "video_ref" in r}),
                     "sha256": file_sha256(path),
                     "ids": [s.id for s in self.buffer],
                     "leaves": {
@@ -321,14 +400,21 @@ class ShardDataset(torch.utils.data.Dataset):
         path = self.dir / MANIFEST
         if not path.exists():
             raise FileNotFoundError(f"{self.dir}: no {MANIFEST} (not a prepared dataset; run make prepare)")
-        self.manifest = json.loads(path.read_text(encoding="utf-8"))
+        self.manifest = read_manifest(path)
         if self.manifest.get("format") not in READ_FORMATS:
             raise ValueError(f"{path}: format {self.manifest.get('format')}, this mmhsa reads {READ_FORMATS}")
+        for shard in self.manifest["shards"]:
+            if shard["samples"] != len(shard["ids"]):
+                raise ValueError(
+                    f"{path}: {shard['file']} is listed with {shard['samples']} samples and {len(shard['ids'])} "
+                    "ids (run the same prepare again: it redoes damaged shards)"
+                )
         self.index = [(s, i) for s, shard in enumerate(self.manifest["shards"]) for i in range(shard["samples"])]
         self.ids = [i for shard in self.manifest["shards"] for i in shard["ids"]]
         self.video_shard = {d: s for s, shard in enumerate(self.manifest["shards"]) for d in shard.get("videos", [])}
         self.videos: dict[str, torch.Tensor] = {}  # every video's features read so far, shared by its samples
         self._cached: tuple[int, list] | None = None
+        self._checked: set[int] = set()  # samples whose tree was validated (once: it costs ~1 ms)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -349,6 +435,13 @@ class ShardDataset(torch.utils.data.Dataset):
             content = load_tensors(path, "prepared shard")
             if isinstance(content, list):  # format 1: every record holds its video features
                 content = {"records": content, "videos": {}}
+            ids = [r.get("id") for r in content["records"]]
+            if ids != info["ids"]:
+                raise ValueError(
+                    f"{path}: holds {len(ids)} samples, the manifest lists {len(info['ids'])}"
+                    + ("" if len(ids) != len(info["ids"]) else " with other ids")
+                    + " (run the same prepare again: it redoes damaged shards)"
+                )
             self.videos.update(content["videos"])
             self._cached = (s, content["records"])
         return self._cached[1]
@@ -363,4 +456,11 @@ class ShardDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> Sample:
         s, j = self.index[i]
         record = self._shard(s)[j]
-        return _from_record(record, self._video(record["video_ref"]) if "video_ref" in record else None)
+        try:
+            video = self._video(record["video_ref"]) if "video_ref" in record else None
+            sample = _from_record(record, video, validated=i in self._checked)
+        except ValueError as err:  # a tree that is not one (a cycle, a parent out of range) or bad metadata
+            shard = self.dir / self.manifest["shards"][s]["file"]
+            raise ValueError(f"{shard}: sample {record['id']!r}: {err}") from None
+        self._checked.add(i)
+        return sample

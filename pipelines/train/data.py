@@ -6,7 +6,6 @@ the kernels, steadier memory) with a seeded, epoch-dependent shuffle, and resume
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -17,7 +16,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Sampler
 
 from data_prep.schema import Sample, feature_dims
-from data_prep.shards import ShardDataset
+from data_prep.shards import ShardDataset, read_manifest
 
 from .batches import collate, retrieval_collate
 
@@ -254,7 +253,7 @@ class ShardDataModule(pl.LightningDataModule):
     def manifest(self) -> dict | None:
         """The prepared directory's manifest.json (None when there is none)."""
         path = self.data_dir / "manifest.json"
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        return read_manifest(path) if path.is_file() else None
 
     @property
     def feature_dims(self) -> dict[str, int]:
