@@ -173,18 +173,22 @@ def _run_inference(args) -> int:
         searcher = Searcher(
             args.index, args.ckpt, args.prepared, reranker=reranker, trust_checkpoint=args.trust_checkpoint
         )
+        said = f"model: {searcher.model.version} from {searcher.model.path}"  # said once the work is done
         if args.eval:
             scores = searcher.evaluate(args.eval, args.split)
+            print(said, file=sys.stderr)
             print(json.dumps(scores, indent=1) if args.json else _format_scores(scores, args.index))
             return 0
         if args.queries:
             queries = [line for line in Path(args.queries).read_text(encoding="utf-8").splitlines() if line.strip()]
             results = searcher.search_many(queries, args.top_k, args.level, rerank=args.rerank)
+            print(said, file=sys.stderr)
             for warning in dict.fromkeys(w for r in results for w in r["warnings"]):
                 print(f"warning: {warning}", file=sys.stderr)
             print("\n".join(json.dumps(r, ensure_ascii=False) for r in results))
             return 0
         result = searcher.search(args.query, args.top_k, args.level, rerank=args.rerank)
+        print(said, file=sys.stderr)
         for warning in result["warnings"]:
             print(f"warning: {warning}", file=sys.stderr)
         if args.json:
@@ -255,6 +259,8 @@ def _print_index_report(report: dict) -> None:
             print(
                 f"  {row['stage']:8s} {row['seconds']:8.1f} s {row['count']:9d} {row['unit']:9s} {row['per_second']} /s"
             )
+    for skipped in report["skipped"]:
+        print(f"  skipped {skipped['path']}: {skipped['reason']}")
     for problem in report["corrupt_set_aside"]:
         print(f"  set aside (will be redone): {problem}")
     for path in report["changed"]:

@@ -2,11 +2,13 @@
 
 Layout of an index directory::
 
-    index.json                the model (path, version, kind), its featurization, embedding width; written once
+    index.json                the model (path, version, kind, sha256), its featurization, embedding width;
+                              written once
     shards/<name>.pt          per batch of videos: video embeddings [V, E], clip embeddings [C, E],
-                              clip times [C, 2] and each clip's video row
-    shards/<name>.json        the shard's commit record: sha256 and size of the .pt, its videos'
-                              metadata (path, duration, fps, frames, clips), the failures of that batch
+                              clip times [C, 2], each clip's video row and the videos' paths
+    shards/<name>.json        the shard's commit record: sha256 and size of the .pt, the model version and
+                              featurization hash that wrote it, its videos' metadata (path, duration, fps,
+                              frames, clips), the failures of that batch
     failures.jsonl            the videos that failed (path, stage, message), rewritten after every run
 
 A shard counts only once its record exists, and the record is written (atomically) after the shard:
@@ -14,9 +16,13 @@ a run killed at any moment (kill -9 included) loses nothing already recorded and
 (a shard without a record is ignored and its videos are embedded again), and a search running during
 indexing sees complete shards only. Re-running skips every video of a valid shard and retries
 failures; a shard whose checksum fails is reported, set aside (renamed ``*.corrupt``) and its videos
-redone. Each DDP rank embeds its share of the videos (Lightning's unrepeated distributed sampler) and
-writes its own shards. The model is a trained retrieval checkpoint, or (``zero_shot=``, no training
-needed) CLIP meanP over the open_clip frame encoder of a data recipe (:mod:`pipelines.infer.retrievers`).
+redone. So is a record that is not JSON, was written by another model or featurization, or does not
+match its shard (other paths, other counts of videos or clips). A video's path is its key: it has one
+entry in force, whatever copies of records lie in ``shards/``. The failures-only records that runs over
+failing files leave are merged into one after each run. Each DDP rank embeds its share of the videos
+(Lightning's unrepeated distributed sampler) and writes its own shards. The model is a trained retrieval
+checkpoint, or (``zero_shot=``, no training needed) CLIP meanP over the open_clip frame encoder of a data
+recipe (:mod:`pipelines.infer.retrievers`).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from torch.utils.data import DataLoader
 
 from data_prep.datasets import VIDEO_EXTENSIONS
 from data_prep.locking import DirectoryLock, first_process
-from data_prep.shards import atomic_write, file_sha256, load_tensors, remove_temporaries, tensor_bytes
+from data_prep.shards import atomic_write, config_hash, file_sha256, load_tensors, remove_temporaries, tensor_bytes
 
 from .ann import AUTO_VECTORS, build_ann, load_ann
 from .retrievers import ClipMeanP, TrainedRetriever, load_retriever
@@ -52,17 +58,24 @@ class IndexMismatch(ValueError):
     """An index that cannot be used as asked (another model version, not an index, ...)."""
 
 
-def list_videos(sources: Sequence[str | Path]) -> list[Path]:
+def list_videos(sources: Sequence[str | Path], skipped: list[dict] | None = None) -> list[Path]:
     """Video files from folders (searched recursively), list files (``.txt``: one path per line, relative
-    to the list) and single files; resolved, deduplicated, sorted.
+    to the list) and single files; resolved, deduplicated, sorted. ``skipped`` receives what a folder holds
+    that is not taken, once per path with the reason (``{"path", "reason"}``).
 
     Raises:
         FileNotFoundError: a source that does not exist (named); ValueError: no video found at all.
     """
     found: set[Path] = set()
+    skipped = [] if skipped is None else skipped
     for source in map(Path, sources):
         if source.is_dir():
-            found.update(p.resolve() for p in source.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+            for p in sorted(source.rglob("*")):
+                reason = _not_a_video(p)
+                if reason is None:
+                    found.add(p.resolve())
+                elif reason:
+                    skipped.append({"path": str(p), "reason": reason})
         elif source.is_file() and source.suffix.lower() == ".txt":
             for line in source.read_text(encoding="utf-8").splitlines():
                 if line.strip() and not line.lstrip().startswith("#"):
@@ -78,6 +91,35 @@ def list_videos(sources: Sequence[str | Path]) -> list[Path]:
     return sorted(found)
 
 
+def _not_a_video(path: Path) -> str | None:
+    """Why a folder entry is not indexed (None: it is a video file; "": a folder to descend into)."""
+    if path.is_symlink() and not path.exists():
+        return "a dangling symbolic link"
+    if path.is_dir():
+        return "a directory, not a video file" if path.suffix.lower() in VIDEO_EXTENSIONS else ""
+    if not path.is_file():
+        return "not a regular file"
+    if path.suffix.lower() not in VIDEO_EXTENSIONS:
+        return f"not a video file extension ({path.suffix or 'none'}; indexed: {', '.join(VIDEO_EXTENSIONS)})"
+    return None
+
+
+def _read_json(path: Path, what: str) -> dict:
+    """A JSON object the project wrote; ValueError naming the file otherwise."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable {what} ({err})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: not a readable {what} (a JSON {type(value).__name__}, not an object)")
+    return value
+
+
+def featurization_hash(featurization: dict) -> str:
+    """What identifies how an index's videos were featurized (recorded in each shard record)."""
+    return config_hash(featurization)
+
+
 # ------------------------------------------------------------------ reading
 @dataclass
 class Index:
@@ -88,7 +130,8 @@ class Index:
         video_vectors: [V, E] unit vectors.
         clip_vectors: [C, E] unit vectors; clip_video: [C] row of each clip's video; clip_times: [C, 2] s.
         failures: the latest failure per video not indexed since.
-        corrupt: shard records whose shard file is missing or fails its checksum.
+        corrupt: records (or their shards) that cannot be used: missing or failing the checksum, not JSON,
+            of another model or featurization, not matching their shard.
         incomplete: shard files without a record (a run was killed while writing them).
         set_aside: shards an earlier run found corrupt and renamed (their videos wait to be indexed again).
     """
@@ -104,6 +147,7 @@ class Index:
     corrupt: list[str] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)
     set_aside: list[str] = field(default_factory=list)
+    records: list[tuple[Path, dict]] = field(default_factory=list)  # the valid ones, in the order written
 
     @property
     def version(self) -> str:
@@ -133,7 +177,7 @@ class Index:
         manifest_path = root / "index.json"
         if not manifest_path.is_file():
             raise FileNotFoundError(f"{root}: not an index (no index.json); build one with `mmhsa index`")
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = _read_json(manifest_path, "index manifest")
         if manifest.get("format") != FORMAT:
             raise IndexMismatch(f"{root}: index format {manifest.get('format')} is not the supported {FORMAT}")
         index = cls(root, manifest)
@@ -142,30 +186,21 @@ class Index:
         recorded = {r.with_suffix(".pt") for r in records}
         index.incomplete = sorted(str(p) for p in shards.glob("*.pt") if p not in recorded) if shards.is_dir() else []
         index.set_aside = sorted(p.name for p in shards.glob("*.pt.corrupt")) if shards.is_dir() else []
-        embed_dim = manifest["embed_dim"]
-        loaded, failed = [], {}  # loaded: (record, shard tensors) in the order written
+        loaded, failed = [], {}  # loaded: (record path, record, shard tensors)
         for record_path in records:
-            record = json.loads(record_path.read_text(encoding="utf-8"))
-            shard = record_path.with_suffix(".pt")
-            problem = None
-            if not shard.is_file():
-                problem = "shard file missing"
-            elif shard.stat().st_size != record["bytes"] or file_sha256(shard) != record["sha256"]:
-                problem = "checksum mismatch"
-            if problem:
-                index.corrupt.append(f"{shard.name}: {problem}")
+            try:
+                record, data = _checked_record(record_path, manifest)
+            except ValueError as problem:
+                index.corrupt.append(f"{record_path.with_suffix('.pt').name}: {problem}")
                 if set_aside:
-                    for p in (shard, record_path):
+                    for p in (record_path.with_suffix(".pt"), record_path):
                         if p.exists():
                             p.rename(p.with_name(p.name + ".corrupt"))
                 continue
-            data = load_tensors(shard, "index shard")
-            if data["video_vectors"].shape[1] != embed_dim:
-                raise IndexMismatch(
-                    f"{shard}: embeddings of width {data['video_vectors'].shape[1]}, the index's is {embed_dim}"
-                )
-            loaded.append((record, data))
-        loaded.sort(key=lambda rd: rd[0].get("created", 0.0))
+            loaded.append((record_path, record, data))
+        loaded.sort(key=lambda rd: rd[1].get("created", 0.0))  # the order written
+        index.records = [(path, record) for path, record, _ in loaded]
+        loaded = [(record, data) for _, record, data in loaded]
         latest: dict[str, tuple[int, int]] = {}  # path -> (record, row) of its entry in force
         for r, (record, _) in enumerate(loaded):
             for failure in record["failures"]:
@@ -186,7 +221,7 @@ class Index:
                 vectors.append(data["video_vectors"][v : v + 1])
                 clips.append(data["clip_vectors"][rows])
                 clip_times.append(data["clip_times"][rows])
-        empty = torch.zeros(0, embed_dim)
+        empty = torch.zeros(0, manifest["embed_dim"])
         index.video_vectors = torch.cat(vectors) if vectors else empty
         index.clip_vectors = torch.cat(clips) if clips else empty
         index.clip_video = torch.cat(clip_video) if clip_video else torch.zeros(0, dtype=torch.long)
@@ -194,6 +229,40 @@ class Index:
         done = index.indexed
         index.failures = [f for path, f in sorted(failed.items()) if path not in done]
         return index
+
+
+def _checked_record(record_path: Path, manifest: dict) -> tuple[dict, dict]:
+    """A shard record and its shard's tensors, once both are shown to be this index's and to agree.
+
+    Raises:
+        ValueError: what is wrong (the caller names the shard).
+    """
+    record = _read_json(record_path, "shard record")
+    if not {"sha256", "bytes", "videos", "failures"} <= record.keys():
+        raise ValueError(f"{record_path.name}: not a shard record (fields missing)")
+    if record.get("model", manifest["model"]["version"]) != manifest["model"]["version"]:
+        raise ValueError(f"written by model {record['model']}, the index's is {manifest['model']['version']}")
+    featurized = featurization_hash(manifest["featurization"])
+    if record.get("featurization", featurized) != featurized:
+        raise ValueError(f"written with featurization {record['featurization']}, the index's is {featurized}")
+    shard = record_path.with_suffix(".pt")
+    if not shard.is_file():
+        raise ValueError("shard file missing")
+    if shard.stat().st_size != record["bytes"] or file_sha256(shard) != record["sha256"]:
+        raise ValueError("checksum mismatch")
+    data = load_tensors(shard, "index shard")
+    videos, width = record["videos"], data["video_vectors"].shape[1]
+    if width != manifest["embed_dim"]:
+        raise ValueError(f"embeddings of width {width}, the index's is {manifest['embed_dim']}")
+    if "paths" in data and data["paths"] != [v["path"] for v in videos]:
+        raise ValueError(f"the record's {len(videos)} video paths are not the shard's {len(data['paths'])}")
+    clips = torch.bincount(data["clip_video"], minlength=len(videos)).tolist()
+    if len(data["video_vectors"]) != len(videos) or clips != [len(v["clips"]) for v in videos]:
+        raise ValueError(
+            f"the record's {len(videos)} videos with {[len(v['clips']) for v in videos]} clips are not the "
+            f"shard's {len(data['video_vectors'])} with {clips}"
+        )
+    return record, data
 
 
 # ------------------------------------------------------------------ writing (Lightning predict)
@@ -247,9 +316,10 @@ class IndexModule(pl.LightningModule):
 class IndexWriter(BasePredictionWriter):
     """Writes each predicted batch as a shard and then its record (the commit)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, model: str, featurization: str):
         super().__init__(write_interval="batch")
         self.shards = root / "shards"
+        self.model, self.featurization = model, featurization  # the version and hash each record carries
         self.written = {"videos": 0, "clips": 0, "failures": 0, "shards": 0}
 
     def write_on_batch_end(
@@ -279,11 +349,13 @@ class IndexWriter(BasePredictionWriter):
         name = f"{time.strftime('%Y%m%d-%H%M%S')}-r{rank}-{uuid.uuid4().hex[:8]}"
         shard = self.shards / f"{name}.pt"
         self.shards.mkdir(parents=True, exist_ok=True)
-        atomic_write(shard, tensor_bytes(data))
+        atomic_write(shard, tensor_bytes({**data, "paths": [v["path"] for v in videos]}))
         record = {
             "shard": shard.name,
             "sha256": file_sha256(shard),
             "bytes": shard.stat().st_size,
+            "model": self.model,
+            "featurization": self.featurization,
             "rank": rank,
             "created": time.time(),
             "videos": videos,
@@ -294,10 +366,26 @@ class IndexWriter(BasePredictionWriter):
 
     def remove(self, paths: list[str], embed_dim: int) -> None:
         """Drop the entries of ``paths`` (deleted videos): an empty shard whose record names them."""
-        empty = torch.zeros(0, embed_dim)
-        data = {"video_vectors": empty, "clip_vectors": empty, "clip_video": torch.zeros(0, dtype=torch.long),
-                "clip_times": torch.zeros(0, 2)}  # fmt: skip
-        self.commit(data, [], [], removed=paths)
+        self.commit(_empty(embed_dim), [], [], removed=paths)
+
+    def merge_failures(self, index: Index) -> int:
+        """Replace the records holding only failures (one per run over failing files) by one holding the
+        index's current failures; returns how many were merged."""
+        only = [path for path, r in index.records if not r["videos"] and not r.get("removed")]
+        if len(only) < 2:
+            return 0
+        self.commit(_empty(index.manifest["embed_dim"]), [], index.failures)
+        for record in only:  # after the merged one is committed: a crash in between only repeats failures
+            record.with_suffix(".pt").unlink(missing_ok=True)
+            record.unlink(missing_ok=True)
+        return len(only)
+
+
+def _empty(embed_dim: int) -> dict:
+    """A shard's tensors for no video."""
+    empty = torch.zeros(0, embed_dim)
+    return {"video_vectors": empty, "clip_vectors": empty, "clip_video": torch.zeros(0, dtype=torch.long),
+            "clip_times": torch.zeros(0, 2)}  # fmt: skip
 
 
 def file_identity(path: Path) -> dict:
@@ -333,23 +421,37 @@ def _clean(root: Path, index: Index) -> dict:
 
 
 def _open_or_create(root: Path, model: TrainedRetriever | ClipMeanP) -> Index:
-    """The existing index (checked against the model), or a new one."""
+    """The existing index (checked against the model and its featurization), or a new one."""
+    recorded = {"path": str(model.path.resolve()), "version": model.version, "kind": model.kind}
+    if model.path.is_file():  # a checkpoint: what search checks before loading it again
+        recorded["sha256"] = file_sha256(model.path)
     manifest = {
         "format": FORMAT,
-        "model": {"path": str(model.path.resolve()), "version": model.version, "kind": model.kind},
+        "model": recorded,
         "embed_dim": model.embed_dim,
         "featurization": model.featurization.to_dict(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     path = root / "index.json"
     if path.is_file():
-        existing = json.loads(path.read_text(encoding="utf-8"))
+        existing = _read_json(path, "index manifest")
         old = existing.get("model", {}).get("version")
         if old != model.version:
             raise IndexMismatch(
                 f"{root} was built with model {old} ({existing.get('model', {}).get('path')}); the "
                 f"model given is {model.version} ({model.path}): use a new index directory, or that model"
             )
+        old, new = (featurization_hash(f) for f in (existing.get("featurization", {}), manifest["featurization"]))
+        if old != new:
+            raise IndexMismatch(
+                f"{root} holds videos featurized with {old}; this run's featurization is {new} (another "
+                "--prepared recipe?): one featurization per index; use a new index directory"
+            )
+    elif list((root / "shards").glob("*.json")):
+        raise IndexMismatch(
+            f"{root} holds shards but no index.json (deleted?): their model is unknown, so nothing is added "
+            "to them; use a new index directory"
+        )
     else:
         root.mkdir(parents=True, exist_ok=True)
         if first_process():
@@ -392,9 +494,11 @@ def build_index(
     started = time.perf_counter()
     model = load_retriever(checkpoint, prepared, zero_shot, trust=trust_checkpoint)
     root = Path(out)
-    videos = list_videos(sources)
+    skipped: list[dict] = []
+    videos = list_videos(sources, skipped)
     with DirectoryLock(root, "mmhsa index"):
-        return _build(root, videos, model, ann, batch_size, accelerator, devices, strategy, progress, started)
+        report = _build(root, videos, model, ann, batch_size, accelerator, devices, strategy, progress, started)
+    return {**report, "skipped": skipped}
 
 
 def _build(root, videos, model, ann, batch_size, accelerator, devices, strategy, progress, started) -> dict:
@@ -405,7 +509,7 @@ def _build(root, videos, model, ann, batch_size, accelerator, devices, strategy,
     deleted = sorted(p for p in entries if not Path(p).is_file())
     changed = [p for p in videos if str(p) in entries and _changed(entries[str(p)])]
     todo = [p for p in videos if str(p) not in entries or p in changed]
-    writer = IndexWriter(root)
+    writer = IndexWriter(root, model.version, featurization_hash(model.featurization.to_dict()))
     if deleted and first_process():
         writer.remove(deleted, model.embed_dim)
     report = {
@@ -434,6 +538,8 @@ def _build(root, videos, model, ann, batch_size, accelerator, devices, strategy,
         if trainer.global_rank != 0:
             return report
     final = Index.open(root)
+    if writer.merge_failures(final):
+        final = Index.open(root)
     atomic_write(root / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in final.failures).encode())
     had_ann = (root / "ann" / "ann.json").is_file()
     if len(final.videos) and (ann or (ann is None and (had_ann or len(final.clip_vectors) >= AUTO_VECTORS))):

@@ -159,4 +159,14 @@ def recorded_retriever(manifest: dict, checkpoint: str | None = None, prepared: 
     recorded = manifest["model"]
     if recorded.get("kind", TRAINED) == CLIP_MEANP and checkpoint is None:
         return ClipMeanP(Featurization.from_config(manifest["featurization"]), recorded["path"])
-    return load_retriever(checkpoint or recorded["path"], prepared, trust=trust)
+    if checkpoint is None:  # the file the index names: loaded only if it is the file that built the index
+        checkpoint = recorded["path"]
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"the index's model {checkpoint} is gone: give the checkpoint with --ckpt")
+        expected = recorded.get("sha256") or recorded["version"].rsplit(":", 1)[-1]
+        if not file_sha256(Path(checkpoint)).startswith(expected):
+            raise ValueError(
+                f"the index's model file {checkpoint} has changed since the index was built (sha256 is not the "
+                f"recorded {expected[:16]}): not loading it; give the index's model with --ckpt"
+            )
+    return load_retriever(checkpoint, prepared, trust=trust)

@@ -23,8 +23,16 @@ def prepared(tmp_path_factory):
     folder = tmp / "qa"
     folder.mkdir()
     write_video(folder / "one.mp4", scene_frames((24, 24)), fps=12)
-    rows = [{"video": "one.mp4", "id": f"q{i:02d}", "question": f"what happens in scene {i}?",
-             "candidates": [f"answer {i} {k}" for k in range(3)], "answer": i % 3} for i in range(QUESTIONS)]  # fmt: skip
+    rows = [
+        {
+            "video": "one.mp4",
+            "id": f"q{i:02d}",
+            "question": f"what happens in scene {i}?",
+            "candidates": [f"answer {i} {k}" for k in range(3)],
+            "answer": i % 3,
+        }  # fmt: skip
+        for i in range(QUESTIONS)
+    ]
     (folder / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = {
         **recipe(folder, tmp / "out", tasks=[{"name": "qa", "format": "jsonl", "annotations": str(folder)}]),
