@@ -65,8 +65,9 @@ _END = re.compile(r"(?P<mark>[.!?…]+)[\"'”’)\]]*(?=\s|$)|(?P<wide>[。！�
 MAX_TEXT_CHARS = 10_000  # a query or question: a sentence or a paragraph, not a book
 
 
-def check_text(text: str, what: str = "text", limit: int = MAX_TEXT_CHARS) -> str:
-    """``text`` if it is valid Unicode text of at most ``limit`` characters with some words.
+def check_text(text: str, what: str = "text", limit: int | None = MAX_TEXT_CHARS) -> str:
+    """``text`` if it is valid Unicode text of at most ``limit`` characters (None: any length; a caption's
+    length is left to the preparation limits) with some words.
 
     Raises:
         ValueError: naming ``what`` and the problem (not a string, a lone surrogate and where, too long,
@@ -78,7 +79,7 @@ def check_text(text: str, what: str = "text", limit: int = MAX_TEXT_CHARS) -> st
         text.encode("utf-8")
     except UnicodeEncodeError as err:
         raise ValueError(f"{what}: not valid Unicode text (a lone surrogate at character {err.start})") from None
-    if len(text) > limit:
+    if limit is not None and len(text) > limit:
         raise ValueError(f"{what}: {len(text):,} characters, more than the {limit:,} a query or question may have")
     if not "".join(c for c in text if c.isprintable()).strip():
         raise ValueError(f"{what}: empty (no words, only spaces or control characters)")

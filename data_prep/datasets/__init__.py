@@ -4,8 +4,9 @@ One module per format: :mod:`~data_prep.datasets.msrvtt` (the official release a
 9k-1kA / 7k-1kA / full protocols), :mod:`~data_prep.datasets.nextqa` (the CSVs, the video map and
 numbered folders), :mod:`~data_prep.datasets.msvd`, :mod:`~data_prep.datasets.paragraphs` (DiDeMo and
 ActivityNet Captions, paragraph-to-video), :mod:`~data_prep.datasets.jsonl` (the user's own videos). Every reader
-returns ``(items, problems)``: a row that names a missing video, or is malformed, becomes a problem
-``(item id, message)`` and the rest is read; a missing or unreadable annotation file raises, naming it.
+returns ``(items, problems)``: a row that names a missing video, is malformed, or holds a byte that is not
+UTF-8, becomes a problem ``(item id, message)`` naming the file and the line or entry, and the rest is read;
+a missing annotation file, or one whose structure is unreadable, raises, naming it.
 The formats, where to put the files and what to compare with: ``docs/datasets.md``.
 """
 

@@ -24,11 +24,9 @@ training video keeps all its captions. Videos are found by id anywhere below ``v
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
-from .items import CaptionItem, Problems, VideoFinder, add_caption_item, parse_split, read_text
+from .items import CaptionItem, Problems, VideoFinder, add_caption_item, parse_split, read_csv, read_json, undecodable
 
 __all__ = ["MSRVTT_PROTOCOLS", "read_msrvtt"]
 
@@ -40,31 +38,37 @@ CLIP4CLIP = {"data": "MSRVTT_data.json", "9k-1kA": "MSRVTT_train.9k.csv", "7k-1k
 
 def _load(path: Path) -> tuple[list[dict], list[dict]]:
     """The "videos" and "sentences" of an MSR-VTT JSON file."""
+    data = read_json(path)
     try:
-        data = json.loads(read_text(path))
         videos, sentences = data["videos"], data["sentences"]
         if not isinstance(videos, list) or not isinstance(sentences, list):
             raise TypeError("'videos' and 'sentences' must be lists")
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except (KeyError, TypeError) as err:
         raise ValueError(f"{path}: not MSR-VTT style annotations ({err})") from None
     return videos, sentences
 
 
-def _captions(sentences: list[dict]) -> dict[str, list[str]]:
+def _unreadable(path: Path, part: str, n: int, row: dict) -> tuple[str, str] | None:
+    """The problem of row ``n`` of ``part`` ("videos", "sentences") when it holds a byte that is not UTF-8."""
+    problem = undecodable(row)
+    if problem is None:
+        return None
+    return f"{path.name} {part}[{n}]", f"{path}: {part}[{n}] (video {row.get('video_id')!r}): {problem}"
+
+
+def _captions(path: Path, sentences: list[dict]) -> tuple[dict[str, list[str]], Problems]:
+    """Each video's captions; a sentence that is not UTF-8 is a problem instead (its video keeps the others)."""
     captions: dict[str, list[str]] = {}
-    for s in sentences:
-        if isinstance(s, dict) and str(s.get("caption", "")).strip():
+    problems = []
+    for n, s in enumerate(sentences):
+        if not isinstance(s, dict):
+            continue
+        problem = _unreadable(path, "sentences", n, s)
+        if problem is not None:
+            problems.append(problem)
+        elif str(s.get("caption", "")).strip():
             captions.setdefault(str(s.get("video_id")), []).append(str(s["caption"]).strip())
-    return captions
-
-
-def _csv_rows(path: Path, columns: set[str]) -> list[dict[str, str]]:
-    reader = csv.DictReader(read_text(path).splitlines())
-    rows = list(reader)
-    have = {str(k).strip() for k in reader.fieldnames or []}
-    if not columns <= have:
-        raise ValueError(f"{path}: missing columns {sorted(columns - have)} (its header: {sorted(have)})")
-    return [{str(k).strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in rows]
+    return captions, problems
 
 
 def _official(files: list[Path], finder: VideoFinder) -> tuple[list[CaptionItem], Problems]:
@@ -72,11 +76,16 @@ def _official(files: list[Path], finder: VideoFinder) -> tuple[list[CaptionItem]
     items, problems = [], []
     for path in files:
         videos, sentences = _load(path)
-        captions = _captions(sentences)
-        for row in videos:
+        captions, bad = _captions(path, sentences)
+        problems += bad
+        for n, row in enumerate(videos):
             vid = str(row.get("video_id", "")) if isinstance(row, dict) else ""
             if not vid:
                 problems.append((str(row)[:60], f"{path.name}: video entry without video_id"))
+                continue
+            problem = _unreadable(path, "videos", n, row)
+            if problem is not None:
+                problems.append(problem)
                 continue
             try:
                 split = parse_split(row.get("split", ""), f"video {vid!r}")
@@ -89,18 +98,20 @@ def _official(files: list[Path], finder: VideoFinder) -> tuple[list[CaptionItem]
 
 def _clip4clip(folder: Path, protocol: str, finder: VideoFinder) -> tuple[list[CaptionItem], Problems]:
     """A training list with every caption of its videos, and the JSFusion test videos with one sentence each."""
-    _, sentences = _load(folder / CLIP4CLIP["data"])
-    captions = _captions(sentences)
-    items, problems = [], []
-    test = _csv_rows(folder / CLIP4CLIP["test"], {"video_id", "sentence"})
-    tested = {row["video_id"] for row in test}
-    for row in _csv_rows(folder / CLIP4CLIP[protocol], {"video_id"}):
+    data = folder / CLIP4CLIP["data"]
+    captions, problems = _captions(data, _load(data)[1])
+    items = []
+    test, bad_test = read_csv(folder / CLIP4CLIP["test"], {"video_id", "sentence"}, "MSR-VTT")
+    train, bad_train = read_csv(folder / CLIP4CLIP[protocol], {"video_id"}, "MSR-VTT")
+    problems += bad_test + bad_train
+    tested = {row["video_id"] for _, row in test}
+    for _, row in train:
         if row["video_id"] in tested:
             problems.append((row["video_id"], f"{CLIP4CLIP[protocol]}: a test video of the 1kA split"))
         else:
             add_caption_item(items, problems, finder, row["video_id"], captions.get(row["video_id"], []), "train")
     seen: set[str] = set()
-    for line, row in enumerate(test, start=2):
+    for line, row in test:
         vid = row["video_id"]
         if vid in seen:
             problems.append((f"{vid} ({CLIP4CLIP['test']} line {line})", f"video {vid!r} is listed twice"))

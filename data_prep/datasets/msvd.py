@@ -33,7 +33,9 @@ def read_msvd(annotations: str | Path, video_dir: str | Path) -> tuple[list[Capt
         raise ValueError(f"{folder / 'raw-captions.pkl'}: expected a dict of video id -> captions")
     items, problems = [], []
     for split, name in SPLIT_FILES.items():
-        for vid in read_id_list(folder / name):
+        ids, bad = read_id_list(folder / name)
+        problems += bad
+        for vid in ids:
             captions = []
             for caption in raw.get(vid, []):
                 words = caption if isinstance(caption, (list, tuple)) else str(caption).split()

@@ -12,11 +12,9 @@ it; without one, videos are found anywhere below the video folder. Fields may ca
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
-from .items import Problems, QAItem, VideoFinder, parse_split, read_text
+from .items import Problems, QAItem, VideoFinder, parse_split, read_csv, read_json, undecodable
 
 __all__ = ["NEXTQA_COLUMNS", "NEXTQA_MAP", "read_nextqa", "read_video_map"]
 
@@ -26,19 +24,24 @@ NEXTQA_MAP = "map_vid_vidorID.json"
 CANDIDATES = 5
 
 
-def read_video_map(path: Path) -> dict[str, str]:
-    """NExT-QA's ``map_vid_vidorID.json``: video id -> its path under the video folder, without extension.
+def read_video_map(path: Path) -> tuple[dict[str, str], Problems]:
+    """NExT-QA's ``map_vid_vidorID.json``: video id -> its path under the video folder, without extension;
+    and its entries that are not UTF-8, as problems (left out of the map).
 
     Raises:
         ValueError: naming the file, when it is not a JSON object of strings.
     """
-    try:
-        mapping = json.loads(read_text(path))
-        if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
-            raise TypeError("expected a JSON object of video id -> 'folder/video'")
-    except (json.JSONDecodeError, TypeError) as err:
-        raise ValueError(f"{path}: not NExT-QA's video map ({err})") from None
-    return {str(k).strip(): v.strip() for k, v in mapping.items()}
+    mapping = read_json(path)
+    if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+        raise ValueError(f"{path}: not NExT-QA's video map (expected a JSON object of video id -> 'folder/video')")
+    kept, problems = {}, []
+    for key, value in mapping.items():
+        problem = undecodable([key, value])
+        if problem is None:
+            kept[str(key).strip()] = value.strip()
+        else:
+            problems.append((f"{path.name} entry {key!r}", f"{path}: entry {key!r}: {problem}"))
+    return kept, problems
 
 
 def _find_map(csv_files: dict[str, str | Path], video_dir: Path) -> Path | None:
@@ -62,18 +65,15 @@ def read_nextqa(
     """
     video_dir = Path(video_dir)
     map_path = Path(video_map) if video_map is not None else _find_map(csv_files, video_dir)
-    finder = VideoFinder(video_dir, read_video_map(map_path) if map_path is not None else None)
-    items, problems = [], []
+    mapping, problems = read_video_map(map_path) if map_path is not None else ({}, [])
+    finder = VideoFinder(video_dir, mapping)
+    items = []
+    needed = {"video", "question", "answer", "qid", "type", *(f"a{i}" for i in range(CANDIDATES))}
     for split, path in csv_files.items():
         split = parse_split(split, str(path))
-        reader = csv.DictReader(read_text(Path(path)).splitlines())
-        rows = list(reader)
-        have = [str(k).strip() for k in reader.fieldnames or []]
-        needed = {"video", "question", "answer", "qid", "type", *(f"a{i}" for i in range(CANDIDATES))}
-        if not needed <= set(have):
-            raise ValueError(f"{path}: missing NExT-QA columns {sorted(needed - set(have))} (its header: {have})")
-        for line, raw in enumerate(rows, start=2):
-            row = {str(k).strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+        rows, bad = read_csv(Path(path), needed, "NExT-QA")
+        problems += bad
+        for line, row in rows:
             qid = f"{row['video']}_{row['qid']}"
             candidates = [row[f"a{i}"] for i in range(CANDIDATES)]
             try:

@@ -20,19 +20,11 @@ ActivityNet's ``val_1`` is the test split (CLIP4Clip and the papers): there is n
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .items import CaptionItem, Problems, VideoFinder, add_caption_item, read_id_list, read_text
+from .items import CaptionItem, Problems, VideoFinder, add_caption_item, read_id_list, read_json, undecodable
 
 __all__ = ["read_activitynet", "read_didemo"]
-
-
-def _json(path: Path):
-    try:
-        return json.loads(read_text(path))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not JSON ({err})") from None
 
 
 def _paragraph(sentences: list) -> str:
@@ -49,13 +41,20 @@ def read_didemo(annotations: str | Path, video_dir: str | Path) -> tuple[list[Ca
     folder, finder = Path(annotations), VideoFinder(video_dir)
     items, problems = [], []
     for split in ("train", "val", "test"):
-        data = _json(folder / f"{split}_data.json")
+        path = folder / f"{split}_data.json"
+        data = read_json(path)
         if not isinstance(data, list) or not all(isinstance(d, dict) and "video" in d for d in data):
-            raise ValueError(f"{folder / f'{split}_data.json'}: expected a list of {{'video', 'description', ...}}")
+            raise ValueError(f"{path}: expected a list of {{'video', 'description', ...}}")
         descriptions: dict[str, list[str]] = {}
-        for entry in data:
-            descriptions.setdefault(str(entry["video"]), []).append(str(entry.get("description", "")))
-        for video in read_id_list(folder / f"{split}_list.txt"):
+        for n, entry in enumerate(data):
+            problem = undecodable(entry)
+            if problem is None:
+                descriptions.setdefault(str(entry["video"]), []).append(str(entry.get("description", "")))
+            else:  # its video keeps the other descriptions
+                problems.append((f"{path.name} [{n}]", f"{path}: [{n}] (video {entry['video']!r}): {problem}"))
+        videos, bad = read_id_list(folder / f"{split}_list.txt")
+        problems += bad
+        for video in videos:
             paragraph = _paragraph(descriptions.get(video, []))
             add_caption_item(items, problems, finder, video, [paragraph] if paragraph else [], split,
                              missing="no descriptions")  # fmt: skip
@@ -73,12 +72,17 @@ def read_activitynet(annotations: str | Path, video_dir: str | Path) -> tuple[li
     folder, finder = Path(annotations), VideoFinder(video_dir)
     items, problems = [], []
     for split, captions, ids in (("train", "train.json", "train_ids.json"), ("test", "val_1.json", "val_ids.json")):
-        data, listed = _json(folder / captions), _json(folder / ids)
+        data, listed = read_json(folder / captions), read_json(folder / ids)
         if not isinstance(data, dict) or not isinstance(listed, list):
             raise ValueError(f"{folder}: expected {captions} to map video ids to captions and {ids} to list ids")
-        for vid in (str(v) for v in listed):
-            if vid not in data:
-                continue  # ids without captions in this file (CLIP4Clip keeps those in both)
+        bad = {vid: problem for vid, entry in data.items() if (problem := undecodable([vid, entry]))}
+        problems += [(f"{captions} {vid!r}", f"{folder / captions}: video {vid!r}: {p}") for vid, p in bad.items()]
+        for n, vid in enumerate(str(v) for v in listed):
+            problem = undecodable(vid)
+            if problem is not None:
+                problems.append((f"{ids} [{n}]", f"{folder / ids}: [{n}] {vid!r}: {problem}"))
+            if problem is not None or vid in bad or vid not in data:
+                continue  # reported, or an id without captions in this file (CLIP4Clip keeps those in both)
             sentences = data[vid].get("sentences", []) if isinstance(data[vid], dict) else []
             bare = vid[2:] if vid.startswith("v_") else vid
             paragraph = _paragraph(sentences)

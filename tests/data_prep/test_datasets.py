@@ -106,12 +106,19 @@ def test_jsonl_folder(videos):
     )
     items, problems = read_jsonl_folder(videos)
     kinds = {i.id: type(i) for i in items}
-    assert kinds == {"video0": CaptionItem, "video1": QAItem, "open": QAItem, "clip 2": CaptionItem}
+    assert kinds == {
+        "video0": CaptionItem,
+        "video1": QAItem,
+        "open": QAItem,
+        "blank": CaptionItem,
+        "clip 2": CaptionItem,
+    }
+    assert next(i for i in items if i.id == "blank").captions == ["a cat"]  # its empty caption is reported
     assert [p[0] for p in problems] == [
         "missing",
         "annotations.jsonl line 4",
         "empty",
-        "blank",
+        "blank (annotations.jsonl line 6)",
         "no-question",
         "bad-answer",
         "video1 (annotations.jsonl line 9)",
@@ -125,5 +132,7 @@ def test_jsonl_folder(videos):
     )
     assert "open-ended question" in problems[7][1]
     assert "id 'video1' is already used by annotations.jsonl line 2" in problems[6][1]
-    assert "given but empty" in problems[2][1] and "empty caption" in problems[3][1]
+    assert "given but empty" in problems[2][1]
+    assert problems[3][1].startswith("annotations.jsonl line 6: caption 2: empty (no words")
+    assert problems[3][1].endswith("; the other captions are kept")
     assert "non-empty question" in problems[4][1] and "not an index" in problems[5][1]
