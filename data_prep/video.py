@@ -10,7 +10,7 @@ frames and time them identically, variable frame rate included.
 
 Every problem with the input raises :class:`VideoError` (a ``ValueError``) whose message names the file
 and the problem: missing or unreadable path, empty file, not a media file, no video stream, truncated or
-corrupt data (with the frame where decoding stops). Frames are never zero-filled.
+corrupt data (with the frame where decoding stops), metadata that is not text. Frames are never zero-filled.
 
 Known limits: only the rotation part of a display matrix is applied (mirroring is ignored, rotation is
 rounded to a multiple of 90 degrees); the first video stream is used; one packet is one frame (true for
@@ -122,6 +122,10 @@ def _read_frame_table(path: Path) -> _FrameTable:
             ) from None
         raise VideoError(
             path, f"truncated or corrupt {kind} file: FFmpeg cannot read its header or index ({e.strerror})"
+        ) from None
+    except UnicodeDecodeError as e:  # PyAV reads the container's and streams' metadata tags as UTF-8
+        raise VideoError(
+            path, f"cannot decode (corrupt or unsupported video: a metadata tag is not UTF-8: {e})"
         ) from None
     with container:
         if not container.streams.video:
@@ -450,6 +454,18 @@ class Video:
                 ) from None
             self._decoder = _PyAVDecoder(self.path, self._table)
             return frames
+
+    def __getstate__(self) -> dict:
+        """Pickled without its decoder (a DataLoader worker hands opened videos to the main process): the
+        frame table travels, and the receiving process opens the file again with the backend in use."""
+        return {**self.__dict__, "_decoder": self._decoder.name}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if state["_decoder"] == "pyav":
+            self._decoder = _PyAVDecoder(self.path, self._table)
+        else:
+            self._decoder = _DecordDecoder(self.path, self._table, self.height, self.width)
 
     def __repr__(self) -> str:
         return (
