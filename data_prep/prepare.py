@@ -510,6 +510,8 @@ class PrepareModule(pl.LightningModule):
                     if lines:
                         self.repaired.setdefault(task.name, []).extend(lines)
             shutil.rmtree(staging)
+        if (root / STAGING).is_dir() and not any((root / STAGING).iterdir()):
+            (root / STAGING).rmdir()
         return total
 
 
@@ -695,6 +697,8 @@ def main(argv: list[str] | None = None, debug: bool = False) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if not report:  # a DDP rank other than 0: rank 0 reports for all
+        return 0
     _print_report(report)
     return 1 if report["failed"] else 0
 

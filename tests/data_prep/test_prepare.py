@@ -383,3 +383,113 @@ def test_a_crafted_prepared_shard_is_named_not_run(tmp_path):
     with pytest.raises(ValueError, match="shard-00000.pt: not a readable prepared shard"):
         ShardDataset(tmp_path)[0]
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------ several processes
+def _same_dataset(a: Path, b: Path, atol: float = 0.0) -> None:
+    """Two prepared task directories hold the same samples (any shard layout): ids, trees, meta, and
+    features equal (``atol``: within it, for encoders that ran with other thread counts)."""
+    first, second = ShardDataset(a), ShardDataset(b)
+    assert sorted(first.ids) == sorted(second.ids)
+    row = {sample_id: i for i, sample_id in enumerate(second.ids)}
+    for i, sample_id in enumerate(first.ids):
+        x, y = first[i], second[row[sample_id]]
+        assert np.array_equal(x.hierarchy.parent, y.hierarchy.parent) and x.meta == y.meta, sample_id
+        assert x.features.keys() == y.features.keys()
+        for key in x.features:
+            difference = (x.features[key].float() - y.features[key].float()).abs().max().item()
+            assert difference <= atol, (sample_id, key, difference)
+
+
+DDP_ATOL = 0.01  # fp16 features, encoder with one intra-op thread vs two; measured 0.0039 (one fp16 step near 6)
+
+
+def _synthetic_recipe(root: Path, output: Path, **overrides) -> dict:
+    corpus = root / "corpus"
+    return {
+        "output": str(output),
+        "synthetic": {"num_videos": 6},
+        "synthetic_root": str(corpus),
+        "tasks": [
+            {
+                "name": "retrieval",
+                "format": "msrvtt",
+                "annotations": str(corpus / "msrvtt.json"),
+                "video_dir": str(corpus / "videos"),
+            },
+            {
+                "name": "qa",
+                "format": "nextqa",
+                "annotations": str(corpus / "nextqa"),
+                "video_dir": str(corpus / "videos"),
+            },
+        ],  # fmt: skip
+        "video": {"shots": {"threshold": 0.1, "min_clip_seconds": 0.5}, "frames_per_clip": 3, "group_size": 2},
+        "frames": {"image_size": 64, "batch_size": 16},
+        **overrides,
+    }
+
+
+@pytest.mark.slow
+def test_workers_prepare_the_same_dataset(synthetic, tmp_path, capsys):
+    """Two DataLoader workers decoding and detecting shots (TransNetV2, one thread each) while the main
+    process encodes: the same samples as one process doing everything (the module fixture)."""
+    config, _ = synthetic
+    root = Path(config.synthetic_root).parent
+    assert run_cli(tmp_path, _synthetic_recipe(root, tmp_path / "out", workers=2)) == 0
+    assert "6 videos, 18 samples prepared" in capsys.readouterr().out
+    stats = json.loads((tmp_path / "out" / "prepare_stats.json").read_text())
+    assert stats["machine"]["workers"] == 2 and {r["stage"]: r["count"] for r in stats["stages"]}["shots"] > 0
+    for task in ("retrieval", "qa"):
+        _same_dataset(Path(config.output) / task, tmp_path / "out" / task)
+    assert not (tmp_path / "out" / ".ranks").exists()
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_prepare_the_same_dataset_as_one(synthetic, tmp_path):
+    """Lightning DDP on the CPU (gloo, two processes): each rank prepares every other group of videos into
+    its own shards; rank 0 adopts them into one manifest per task."""
+    import os
+    import subprocess
+    import sys
+
+    config, _ = synthetic
+    root = Path(config.synthetic_root).parent
+    recipe_path = tmp_path / "recipe.yaml"
+    recipe_path.write_text(yaml.safe_dump(_synthetic_recipe(root, tmp_path / "out")))
+    run = subprocess.run(
+        [sys.executable, "-m", "data_prep.prepare", "-c", str(recipe_path), "--progress", "false",
+         "--devices", "2", "--strategy", "ddp"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("6 videos, 18 samples prepared") == 1  # rank 0 reports for both
+    for task in ("retrieval", "qa"):  # each DDP process encodes with one thread (Lightning: cores / processes)
+        _same_dataset(Path(config.output) / task, tmp_path / "out" / task, atol=DDP_ATOL)
+        assert json.loads((tmp_path / "out" / task / "manifest.json").read_text())["counts"]["samples"] in (6, 12)
+    stats = json.loads((tmp_path / "out" / "prepare_stats.json").read_text())
+    assert stats["machine"]["processes"] == 2 and stats["prepared"] == 18
+
+
+def test_what_a_stopped_runs_ranks_wrote_is_adopted_not_redone(tmp_path, capsys):
+    """A rank's own shard directory left by a stopped run (DDP killed before rank 0 adopted it) is taken
+    over by the next run: nothing is prepared again."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    write_video(folder / "one.mp4", scene_frames((24, 24)), fps=12)
+    write_video(folder / "two.mp4", indexed_frames(30, (24, 24)), fps=12)
+    (folder / "annotations.jsonl").write_text(
+        json.dumps({"video": "one.mp4", "captions": ["a scene"]})
+        + "\n"
+        + json.dumps({"video": "two.mp4", "captions": ["numbers"]})
+        + "\n"  # fmt: skip
+    )
+    config = recipe(folder, tmp_path / "first")
+    assert run_cli(tmp_path, config) == 0
+    left = tmp_path / "second" / ".ranks" / "rank-1" / "index"
+    shutil.copytree(tmp_path / "first" / "index", left)
+    capsys.readouterr()
+    assert run_cli(tmp_path, {**config, "output": str(tmp_path / "second")}) == 0
+    assert "0 samples prepared, 2 already done" in capsys.readouterr().out
+    _same_dataset(tmp_path / "first" / "index", tmp_path / "second" / "index")
+    assert not (tmp_path / "second" / ".ranks").exists()
