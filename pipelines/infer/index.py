@@ -42,6 +42,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
 from data_prep.datasets import VIDEO_EXTENSIONS
+from data_prep.datasets.items import not_a_file
 from data_prep.locking import DirectoryLock, first_process
 from data_prep.shards import atomic_write, config_hash, file_sha256, load_tensors, remove_temporaries, tensor_bytes
 
@@ -93,15 +94,11 @@ def list_videos(sources: Sequence[str | Path], skipped: list[dict] | None = None
 
 def _not_a_video(path: Path) -> str | None:
     """Why a folder entry is not indexed (None: it is a video file; "": a folder to descend into)."""
-    if path.is_symlink() and not path.exists():
-        return "a dangling symbolic link"
-    if path.is_dir():
-        return "a directory, not a video file" if path.suffix.lower() in VIDEO_EXTENSIONS else ""
-    if not path.is_file():
-        return "not a regular file"
+    if path.is_dir() and path.suffix.lower() not in VIDEO_EXTENSIONS:
+        return ""
     if path.suffix.lower() not in VIDEO_EXTENSIONS:
         return f"not a video file extension ({path.suffix or 'none'}; indexed: {', '.join(VIDEO_EXTENSIONS)})"
-    return None
+    return not_a_file(path)
 
 
 def _read_json(path: Path, what: str) -> dict:

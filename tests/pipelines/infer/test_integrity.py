@@ -145,8 +145,8 @@ def test_every_skipped_input_is_reported_once(corpus, models, tmp_path, capsys):
     out = capsys.readouterr().out
     for name, reason in [
         ("no_extension", "not a video file extension (none;"),
-        ("dangling.mp4", "a dangling symbolic link"),
-        ("folder.mp4", "a directory, not a video file"),
+        ("dangling.mp4", f"is a dangling symlink (to '{tmp_path / 'nowhere.mp4'}')"),
+        ("folder.mp4", "is a directory, not a video file"),
     ]:
         assert out.count(f"skipped {folder / name}: {reason}") == 1, out
     assert "1 videos (" in out
