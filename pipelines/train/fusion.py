@@ -15,6 +15,8 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from data_prep.schema import DEFAULT_FEATURE_DIMS, MODALITIES, ROOT_KEYS
@@ -196,10 +198,13 @@ class FusionModule(pl.LightningModule):
     # Resuming must continue the random streams (dropout) where the interrupted run was: the states are taken
     # when the checkpoint is saved (mid-epoch: right after that step), and under DDP each rank's, since each
     # draws dropout masks of its own batches' sizes and the streams part after the first step.
+    # The CPU thread count is saved too: CPU kernels split their sums by it, so a run resumed with another count
+    # parts from the uninterrupted one by float rounding (docs/training.md, "Checkpoints, resume").
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mmhsa_class"] = f"{type(self).__module__}.{type(self).__qualname__}"  # for inference loading
         states = rng_states()
         checkpoint["rng_states"] = states
+        checkpoint["cpu_threads"] = torch.get_num_threads()
         # every rank saves a checkpoint's contents (rank 0 writes them), so all take part in the gather
         if world_size() > 1:
             checkpoint["rng_states_per_rank"] = every_rank(states)
@@ -211,6 +216,16 @@ class FusionModule(pl.LightningModule):
             states = per_rank[trainer.global_rank]  # (another world size: rank 0's states everywhere)
         if states:
             set_rng_states(states)
+        saved, now = checkpoint.get("cpu_threads"), torch.get_num_threads()
+        resuming_on_cpu = (
+            trainer is not None and trainer.state.fn == TrainerFn.FITTING and trainer.strategy.root_device.type == "cpu"
+        )
+        if resuming_on_cpu and saved is not None and saved != now:
+            rank_zero_warn(
+                f"resuming a checkpoint saved with {saved} CPU threads with {now}: CPU kernels split their sums by "
+                "the thread count, so the weights will part from an uninterrupted run by float rounding; on the same "
+                f"machine OMP_NUM_THREADS={saved} resumes exactly"
+            )
 
     def configure_optimizers(self):
         decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "embedding" not in n]

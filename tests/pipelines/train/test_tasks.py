@@ -14,6 +14,7 @@ from data_prep.shards import ShardWriter
 from pipelines.cli import main
 from pipelines.train.batches import collate, retrieval_collate
 from pipelines.train.data import ShardDataModule, SizeBucketSampler
+from pipelines.train.lightning_cli import trainer_defaults
 from pipelines.train.qa import QAModule
 from pipelines.train.retrieval import RetrievalModule, reverse_frames
 from tests.pipelines.samples import caption_sample, open_sample, qa_sample
@@ -336,6 +337,78 @@ def final_weights(run_dir):
     return ckpt["state_dict"], ckpt["global_step"]
 
 
+def assert_identical(a: dict, b: dict) -> None:
+    """Two state dicts equal bit for bit (largest difference 0, as docs/training.md says)."""
+    assert a.keys() == b.keys()
+    differ = {
+        name: (a[name].float() - b[name].float()).abs().max().item() for name in a if not torch.equal(a[name], b[name])
+    }
+    worst = sorted(differ.items(), key=lambda item: -item[1])[:3]
+    assert not differ, f"{len(differ)} of {len(a)} tensors differ, the most: {worst}"
+
+
+@pytest.fixture
+def four_threads():
+    """Four CPU threads, however many cores: the CPU kernels split their work four ways, and with more threads than
+    cores their timing varies (a loaded machine), which is what let atomic adds come in another order. The thread
+    count and torch's deterministic setting (which a Trainer sets process-wide) are restored after."""
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(4)
+    yield
+    torch.set_num_threads(before[0])
+    torch.use_deterministic_algorithms(before[1], warn_only=warn_only)
+
+
+def test_the_trainer_defaults_make_the_backward_of_indexing_deterministic(tmp_path, four_threads):
+    """What made two runs with the same seed part (by 5e-4 after 2 epochs of the retrieval recipe, on 2 threads):
+    on CPU with several threads, the backward of ``x[index]`` (index_put with accumulate) adds the gradients of
+    repeated indices with atomic adds from every thread, in the order they arrive. The shared trainer block's
+    ``deterministic`` turns on torch's serial version. Without it the 10 repeats below give 10 different gradients
+    (up to 4e-5 apart, with 2 threads as with 4)."""
+    pl.Trainer(
+        deterministic=trainer_defaults()["deterministic"], accelerator="cpu", logger=False, default_root_dir=tmp_path
+    )
+    assert torch.are_deterministic_algorithms_enabled()
+    g = torch.Generator().manual_seed(0)
+    index, grad = torch.randint(0, 16, (4000,), generator=g), torch.randn(4000, 32, generator=g)
+    grads = []
+    for _ in range(10):
+        x = torch.zeros(16, 32, requires_grad=True)
+        x[index].backward(grad)
+        grads.append(x.grad)
+    assert all(torch.equal(other, grads[0]) for other in grads[1:])
+
+
+@pytest.mark.parametrize("task", ["qa", "retrieval"])
+def test_two_fits_with_the_same_seed_give_identical_weights(tmp_path, shards, task, four_threads):
+    """Same recipe, same seed, two runs: the same weights bit for bit. Dropout is on, and the width and batch are
+    large enough (one batch of all 30 or 18 training samples, width 192) that the indexing backward takes the
+    multi-threaded path of the test above: without the trainer block's ``deterministic`` the two runs differed in
+    each of 4 tries per task (QA by up to 5e-4, retrieval by up to 3e-5)."""
+    runs = [tmp_path / "one", tmp_path / "two"]
+    args = ["--model.init_args.dim=192", "--model.init_args.dropout=0.1", "--data.batch_size=32"]
+    for run in runs:
+        run.mkdir()
+        assert main(["fit", "-c", recipe(run, shards, task), *args]) == 0
+    (a, steps_a), (b, steps_b) = (final_weights(run / "run") for run in runs)
+    assert steps_a == steps_b == 2
+    assert_identical(a, b)
+
+
+def test_resuming_with_another_cpu_thread_count_warns(tmp_path, shards, four_threads):
+    """A checkpoint records its run's CPU thread count; resuming with another one cannot be exact (CPU kernels split
+    their sums by it) and says so."""
+    first, resumed = tmp_path / "first", tmp_path / "resumed"
+    first.mkdir(), resumed.mkdir()
+    assert main(["fit", "-c", recipe(first, shards, "qa"), "--trainer.max_epochs=1"]) == 0
+    checkpoint = latest(first / "run")
+    assert torch.load(checkpoint, weights_only=True)["cpu_threads"] == 4
+    torch.set_num_threads(1)
+    with pytest.warns(UserWarning, match="saved with 4 CPU threads with 1: .* OMP_NUM_THREADS=4 resumes exactly"):
+        assert main(["fit", "-c", recipe(resumed, shards, "qa"), "--ckpt_path", str(checkpoint)]) == 0
+
+
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, shards):
     """2 epochs straight == the same run interrupted after epoch 1, then resumed from its latest checkpoint."""
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -351,8 +424,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, shards)
     a, steps_a = final_weights(straight / "run")
     b, steps_b = final_weights(resumed / "run")
     assert steps_a == steps_b
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert_identical(a, b)
 
 
 def test_resume_from_a_mid_epoch_checkpoint_gives_the_same_weights(tmp_path, shards):
@@ -380,8 +452,7 @@ def test_resume_from_a_mid_epoch_checkpoint_gives_the_same_weights(tmp_path, sha
     a, steps_a = final_weights(runs["straight"] / "run")
     b, steps_b = final_weights(runs["resumed"] / "run")
     assert steps_a == steps_b == 16
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert_identical(a, b)
 
 
 class RecordLoss(pl.Callback):
