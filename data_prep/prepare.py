@@ -426,10 +426,13 @@ class PrepareModule(pl.LightningModule):
         size, rank, world = config.video.group_size, self.trainer.global_rank, self.trainer.world_size
         groups = [list(range(g, min(g + size, len(self.todo)))) for g in range(0, len(self.todo), size)]
         self.groups = groups[rank::world]
-        staging = root / STAGING / f"rank-{rank}"
-        self.builder.writers = [
-            ShardWriter(staging / t.name, config.content(t), encoders, config.shard_size) for t in config.tasks
-        ]
+        if world == 1:  # one process writes the task directories itself
+            self.builder.writers = self.main
+        else:
+            staging = root / STAGING / f"rank-{rank}"
+            self.builder.writers = [
+                ShardWriter(staging / t.name, config.content(t), encoders, config.shard_size) for t in config.tasks
+            ]
         self.bar = _bar(sum(len(g) for g in self.groups), self.progress and rank == 0)
 
     def _verify_and_list(self, encoders: dict) -> list[list[int]]:
@@ -443,6 +446,8 @@ class PrepareModule(pl.LightningModule):
                 lines += writer.adopt(left)
             if lines:
                 self.repaired[task.name] = lines
+        if (root / STAGING).is_dir():  # what is left: a stopped run's counts (this run counts its own)
+            shutil.rmtree(root / STAGING)
         for t, item_id, source, problem in self.problems:
             if not self.main[t].is_done(item_id):
                 self.main[t].fail(item_id, source, "annotations", problem)
@@ -485,14 +490,18 @@ class PrepareModule(pl.LightningModule):
             return
         self.bar.close()
         self.builder.close()
-        counts = {"prepared": self.builder.prepared, "failed": self.builder.failed, "stages": self.builder.stages}
-        staging = Path(self.config.output) / STAGING / f"rank-{self.trainer.global_rank}"
-        staging.mkdir(parents=True, exist_ok=True)
-        counts["stages"] = {"seconds": counts["stages"].seconds, "counts": counts["stages"].counts}
-        atomic_write(staging / "counts.json", json.dumps(counts).encode())
+        if self.trainer.world_size > 1:
+            stages = self.builder.stages
+            counts = {"prepared": self.builder.prepared, "failed": self.builder.failed,
+                      "stages": {"seconds": stages.seconds, "counts": stages.counts}}  # fmt: skip
+            staging = Path(self.config.output) / STAGING / f"rank-{self.trainer.global_rank}"
+            atomic_write(staging / "counts.json", json.dumps(counts).encode())
 
-    def adopt_ranks(self) -> dict:
-        """Rank 0, once every rank has closed: every rank's shards into the task directories; the run's counts."""
+    def totals(self) -> dict:
+        """Rank 0, once every rank has closed: the run's counts, every rank's shards adopted into the task
+        directories first when there were several."""
+        if self.trainer.world_size == 1:
+            return {"prepared": self.builder.prepared, "failed": self.builder.failed, "stages": self.builder.stages}
         root, total = Path(self.config.output), {"prepared": 0, "failed": 0, "stages": Stages()}
         for staging in sorted(root.glob(f"{STAGING}/rank-*")):
             counts_path = staging / "counts.json"
@@ -512,6 +521,8 @@ class PrepareModule(pl.LightningModule):
             shutil.rmtree(staging)
         if (root / STAGING).is_dir() and not any((root / STAGING).iterdir()):
             (root / STAGING).rmdir()
+        for writer in self.main:
+            writer.close()
         return total
 
 
@@ -594,18 +605,11 @@ def _prepare(config: PrepareConfig, progress: bool, started: float) -> dict:
     try:
         trainer.predict(module, return_predictions=False)
     finally:
-        module.close_rank()
-        if trainer.world_size == 1 and module.main:  # also after a strict stop: what was done is kept
-            total = module.adopt_ranks()
-            for writer in module.main:
-                writer.close()
+        module.close_rank()  # also after a strict stop or a full disk: what was done is kept
     trainer.strategy.barrier()  # every rank's shards are written before rank 0 adopts them
     if trainer.global_rank != 0:
         return {}
-    if trainer.world_size > 1:
-        total = module.adopt_ranks()
-        for writer in module.main:
-            writer.close()
+    total = module.totals()
     seconds = time.perf_counter() - started
     stages = total["stages"]
     report = {

@@ -19,11 +19,16 @@ FORBIDDEN = [
     ("mmhsa", "pipelines"),
     ("mmhsa", "lightning"),
     ("data_prep", "pipelines"),
-    ("data_prep", "lightning"),
+    ("data_prep", "lightning"),  # but data_prep.prepare (below): it runs as a Lightning predict, like index
     ("pipelines.train", "pipelines.infer"),
     ("pipelines.train", "pipelines.cli"),
     ("pipelines.infer", "pipelines.cli"),
 ]
+
+# The one exception: `mmhsa prepare` spreads over DataLoader workers and DDP ranks through Lightning's predict
+# loop (data_prep.prepare.PrepareModule); the rest of data_prep (decoding, clips, readers, shards) stays free
+# of it, and nothing in data_prep knows training.
+ALLOWED = {("data_prep.prepare", "lightning")}
 
 
 def module_name(path: Path) -> str:
@@ -76,7 +81,7 @@ def test_layers_import_one_way():
         for module, targets in import_graph().items()
         for target in targets
         for low, high in FORBIDDEN
-        if within(module, low) and within(target, high)
+        if within(module, low) and within(target, high) and (module, high) not in ALLOWED
     )
     assert not broken, "\n".join(broken)
 

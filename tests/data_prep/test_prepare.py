@@ -477,7 +477,7 @@ def test_what_a_stopped_runs_ranks_wrote_is_adopted_not_redone(tmp_path, capsys)
     folder = tmp_path / "folder"
     folder.mkdir()
     write_video(folder / "one.mp4", scene_frames((24, 24)), fps=12)
-    write_video(folder / "two.mp4", indexed_frames(30, (24, 24)), fps=12)
+    write_video(folder / "two.mp4", indexed_frames(30, 48, 64), fps=12)
     (folder / "annotations.jsonl").write_text(
         json.dumps({"video": "one.mp4", "captions": ["a scene"]})
         + "\n"
