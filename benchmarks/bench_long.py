@@ -26,9 +26,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 # `python -m data_prep.prepare ...` that prints its own peak resident set size (KiB) when it exits
 PEAK_REPORTING = (
-    "import atexit, resource, runpy, sys; sys.argv[0] = 'prepare'; atexit.register(lambda: print('PEAK_RSS_KB', "
-    "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)); "
-    "runpy.run_module('data_prep.prepare', run_name='__main__')"
+    "import atexit, resource, sys; from data_prep.prepare import main; atexit.register(lambda: print("
+    "'PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)); sys.exit(main(sys.argv[1:]))"
 )
 
 

@@ -206,7 +206,7 @@ class VideoFeaturizer:
         video, stages = entry.video, self.stages
 
         def pieces():
-            chunks = small_frame_chunks(video)
+            chunks = small_frame_chunks(video, segment=SEGMENT_FRAMES)
             while True:
                 with stages.timed("decode"):
                     piece = next(chunks, None)

