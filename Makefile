@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 DEPS_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 
-.PHONY: help setup prepare train test test-fast lint bench-op demo bench-index bench-decode bench-shots bench-prepare bench-search bench-inject probe-motion
+.PHONY: help setup prepare train test test-fast lint bench-op demo bench-index bench-decode bench-shots bench-prepare bench-long bench-search bench-inject probe-motion
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ bench-shots: setup  ## shot detection: TransNetV2 vs PySceneDetect's AdaptiveDet
 
 bench-prepare: setup  ## make prepare's recipe on 100 generated videos: 0, 1, 2 DataLoader workers and 2 DDP processes
 	$(PY) benchmarks/bench_prepare.py --ddp $(ARGS)
+
+bench-long: setup  ## long videos: peak memory of prepare at 10 and 60 minutes (ARGS="--detector transnetv2 --minutes 5 15")
+	$(PY) benchmarks/bench_long.py $(ARGS)
 
 bench-search: setup  ## search at scale: exact top-k vs FAISS flat vs IVF at 100k and 1M clips (ARGS="--sizes ...")
 	$(PY) benchmarks/bench_search.py $(ARGS)
