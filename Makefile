@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 DEPS_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 
-.PHONY: help setup prepare train test test-fast lint bench-op demo bench-index bench-decode bench-shots bench-prepare bench-long bench-search bench-inject probe-motion
+.PHONY: help setup prepare train test test-fast lint bench-op demo bench-index bench-decode bench-shots bench-prepare bench-long bench-search bench-inject probe-motion probe-video-swap
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -78,3 +78,6 @@ bench-inject: setup  ## zero-shot HSA in MiniLM-L6: fidelity vs attention FLOPs 
 
 probe-motion: prepare  ## can a clip's leaf-mean learn its scene's motion? supervised probe, path positions and mixers
 	$(PY) benchmarks/probe_motion.py $(ARGS)
+
+probe-video-swap: setup  ## does the QA model read the video? accuracy with another video's features (after make train)
+	$(PY) benchmarks/probe_video_swap.py $(ARGS)
