@@ -41,7 +41,24 @@ from .clips import (
 from .shards import read_manifest
 from .video import DECODERS, Video, VideoError, open_video
 
-__all__ = ["VIDEO_ERRORS", "Featurization", "Opened", "Stages", "TextFeaturizer", "VideoConfig", "VideoFeaturizer"]
+__all__ = [
+    "VIDEO_ERRORS", "Featurization", "Opened", "Stages", "TextFeaturizer", "VideoConfig", "VideoFeaturizer",
+    "hashed_options",
+]  # fmt: skip
+
+# video and encoder options added after the first release, with their defaults: hashed only when set otherwise,
+# so data prepared (and indexes built) before them keep their hash
+LATER_OPTIONS = {"output": "patches", "partial_weights": False, "detector": "transnetv2", "adaptive_threshold": 3.0}
+
+
+def hashed_options(options: dict) -> dict:
+    """``options`` (nested dicts) without the :data:`LATER_OPTIONS` left at their defaults: what is hashed."""
+    return {
+        k: hashed_options(v) if isinstance(v, dict) else v
+        for k, v in options.items()
+        if k not in LATER_OPTIONS or v != LATER_OPTIONS[k]
+    }
+
 
 # What a bad video raises anywhere in decoding, shot scoring or encoding (decoders report corrupt data
 # as RuntimeError/IndexError too); caught per video so the rest of a run goes on.

@@ -52,7 +52,7 @@ from .datasets import (
     read_msvd,
     read_nextqa,
 )
-from .featurize import VIDEO_ERRORS, Opened, Stages, TextFeaturizer, VideoConfig, VideoFeaturizer
+from .featurize import VIDEO_ERRORS, Opened, Stages, TextFeaturizer, VideoConfig, VideoFeaturizer, hashed_options
 from .locking import DirectoryLock, first_process
 from .schema import Sample, answer_key
 from .shards import DiskFull, ShardWriter, atomic_write, remove_temporaries
@@ -65,7 +65,6 @@ __all__ = ["PrepareConfig", "PrepareError", "TaskConfig", "VideoConfig", "main",
 FORMATS = ("msrvtt", "nextqa", "msvd", "didemo", "activitynet", "jsonl")
 LATER_TASK_OPTIONS = ("protocol", "kind")
 # video and encoder options added after the first release, with their defaults: hashed only when set otherwise
-LATER_OPTIONS = {"output": "patches", "partial_weights": False, "detector": "transnetv2", "adaptive_threshold": 3.0}
 JSONL_KINDS = ("captions", "questions")
 
 
@@ -176,19 +175,11 @@ class PrepareConfig:
         options = {k: v for k, v in asdict(task).items() if not (k in LATER_TASK_OPTIONS and v is None)}
         return {
             "task": options,
-            "video": _hashed(asdict(self.video)),
-            "frames": _hashed(asdict(self.frames)),
-            "text": _hashed(asdict(self.text)),
+            "video": hashed_options(asdict(self.video)),
+            "frames": hashed_options(asdict(self.frames)),
+            "text": hashed_options(asdict(self.text)),
             "limits": asdict(self.limits),
         }
-
-
-def _hashed(options: dict) -> dict:
-    return {
-        k: _hashed(v) if isinstance(v, dict) else v
-        for k, v in options.items()
-        if k not in LATER_OPTIONS or v != LATER_OPTIONS[k]
-    }
 
 
 @dataclass

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader
 
 from data_prep.datasets import VIDEO_EXTENSIONS
 from data_prep.datasets.items import not_a_file
+from data_prep.featurize import hashed_options
 from data_prep.locking import DirectoryLock, first_process
 from data_prep.shards import atomic_write, config_hash, file_sha256, load_tensors, remove_temporaries, tensor_bytes
 
@@ -113,8 +114,9 @@ def _read_json(path: Path, what: str) -> dict:
 
 
 def featurization_hash(featurization: dict) -> str:
-    """What identifies how an index's videos were featurized (recorded in each shard record)."""
-    return config_hash(featurization)
+    """What identifies how an index's videos were featurized (recorded in each shard record; options added
+    later count only when set otherwise than their default, so older indexes keep their hash)."""
+    return config_hash(hashed_options(featurization))
 
 
 # ------------------------------------------------------------------ reading

@@ -173,3 +173,18 @@ def test_search_loads_only_the_checkpoint_that_built_the_index(corpus, models, t
     assert main(["search", str(out), "a red circle"]) == 2
     assert "holds io.open, not only tensors and plain values; refused" in capsys.readouterr().err
     assert not marker.exists()
+
+
+def test_an_index_from_before_the_later_options_is_still_this_featurization(corpus, models, built):
+    """An index written before options such as ``shots.detector`` existed records no value for them; at
+    their defaults they do not count, so the same model keeps adding to it."""
+    manifest = json.loads((built / "index.json").read_text())
+    featurization = manifest["featurization"]
+    for part, key in [(featurization["video"]["shots"], "detector"), (featurization["video"]["shots"],
+                      "adaptive_threshold"), (featurization["frames"], "output"), (featurization["frames"],
+                      "partial_weights")]:  # fmt: skip
+        part.pop(key)
+    (built / "index.json").write_text(json.dumps(manifest))
+    assert Index.open(built).corrupt == []
+    report = _build(corpus, models, built)
+    assert report["corrupt_set_aside"] == [] and report["already_indexed"] == VIDEOS
