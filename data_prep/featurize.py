@@ -168,18 +168,24 @@ class VideoFeaturizer:
     ) -> None:
         self.config, self.stages, self.chunk_frames = config, stages or Stages(), chunk_frames
         self.frames, self.device = frames, device
-        shots = config.clips == "shots"
-        self.detector = ShotDetector(device) if shots and config.shots.detector == "transnetv2" else None
-        self.content = (
-            ContentShotDetector(config.shots.adaptive_threshold)
-            if shots and config.shots.detector == "adaptive"
-            else None
-        )
 
+    # loaded on first use: a featurizer that only opens videos never loads the frame encoder, and one that
+    # only encodes (prepare's, fed by its DataLoader) never loads TransNetV2
     @cached_property
     def encoder(self) -> PatchEncoder:
-        """The frame encoder, loaded on first use (a featurizer that only opens videos never loads it)."""
         return PatchEncoder(self.frames, device=self.device)
+
+    @cached_property
+    def detector(self) -> ShotDetector | None:
+        """TransNetV2, when the clips are its shots."""
+        shots = self.config.clips == "shots" and self.config.shots.detector == "transnetv2"
+        return ShotDetector(self.device) if shots else None
+
+    @cached_property
+    def content(self) -> ContentShotDetector | None:
+        """PySceneDetect's adaptive detector, when the clips are its shots."""
+        shots = self.config.clips == "shots" and self.config.shots.detector == "adaptive"
+        return ContentShotDetector(self.config.shots.adaptive_threshold) if shots else None
 
     def open_group(self, paths: Sequence[Path]) -> list[Opened]:
         """Open each video and score its shots (one packed TransNetV2 stream for the group's short videos; a

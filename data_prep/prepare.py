@@ -64,7 +64,6 @@ __all__ = ["PrepareConfig", "PrepareError", "TaskConfig", "VideoConfig", "main",
 
 FORMATS = ("msrvtt", "nextqa", "msvd", "didemo", "activitynet", "jsonl")
 LATER_TASK_OPTIONS = ("protocol", "kind")
-# video and encoder options added after the first release, with their defaults: hashed only when set otherwise
 JSONL_KINDS = ("captions", "questions")
 
 

@@ -14,7 +14,8 @@ retries the failed ones). A re-run first verifies what it believes done: a liste
 or fails its checksum is set aside (``*.corrupt``) with the shards that refer to video features it held,
 and their samples are prepared again; shard files the manifest does not list are removed, and a new
 shard never takes the name of one listed or set aside. A full disk stops the run with :class:`DiskFull`
-(the directory, the bytes needed and free), its temporary file removed and the directory as it was before that write.
+(the directory, the bytes needed and free), its temporary file removed and the directory as it was
+before that write.
 :class:`ShardDataset` reads it back for training, checking checksums, sample counts and every tree.
 """
 
@@ -46,6 +47,7 @@ __all__ = [
     "file_sha256",
     "load_tensors",
     "read_failures",
+    "read_json_object",
     "read_manifest",
     "remove_temporaries",
     "tensor_bytes",
@@ -148,10 +150,10 @@ def _to_record(sample: Sample) -> dict:
     }
 
 
-def _record_ids(path: Path) -> list[str]:
-    """The sample ids a shard holds, in order (memory-mapped: the features are not read)."""
+def _mapped_records(path: Path) -> list[dict]:
+    """A shard's records, memory-mapped (their features are not read unless used)."""
     content = load_tensors(path, "prepared shard", mmap=True)
-    return [r["id"] for r in (content if isinstance(content, list) else content["records"])]
+    return content if isinstance(content, list) else content["records"]
 
 
 def _digest(features: torch.Tensor) -> str:
@@ -179,18 +181,33 @@ def _from_record(record: dict, video: torch.Tensor | None = None, validated: boo
     return Sample(record["id"], hierarchy, features, record["leaf_modality"].long(), record["dropped"], record["meta"])
 
 
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON object the project wrote (a manifest, a record).
+
+    Raises:
+        ValueError: naming the file and ``what`` it should be when it is not one.
+    """
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable {what} ({err})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: not a readable {what} (a JSON {type(value).__name__}, not an object)")
+    return value
+
+
 def read_manifest(path: Path) -> dict:
     """A prepared directory's manifest.
 
     Raises:
-        ValueError: naming the file when it is not a JSON object (the list of what is done is lost: move
-            the directory aside and prepare into an empty one).
+        ValueError: naming the file when it is not a manifest (the list of what is done is lost: move the
+            directory aside and prepare into an empty one).
     """
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable manifest ({err}); prepare into an empty directory") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        manifest = read_json_object(path, "manifest")
+    except ValueError as err:
+        raise ValueError(f"{err}; prepare into an empty directory") from None
+    if not isinstance(manifest.get("shards"), list):
         raise ValueError(f"{path}: not a prepared-data manifest (no shard list); prepare into an empty directory")
     return manifest
 
@@ -252,7 +269,7 @@ class ShardWriter:
                 problems.append(f"{path}: listed in the manifest but missing; its {info['samples']} samples are redone")
             elif file_sha256(path) != info["sha256"]:
                 problems.append(f"{path}: checksum mismatch; set aside as {path.name}.corrupt, its samples redone")
-            elif info["samples"] != len(info["ids"]) or _record_ids(path) != info["ids"]:
+            elif info["samples"] != len(info["ids"]) or [r["id"] for r in _mapped_records(path)] != info["ids"]:
                 problems.append(f"{path}: holds other samples than the manifest lists; set aside, its samples redone")
             else:
                 continue
@@ -282,8 +299,7 @@ class ShardWriter:
         """The video digests a shard's records refer to (read from the shard for manifests before ``refs``)."""
         if "refs" in info:
             return info["refs"]
-        content = load_tensors(self.dir / info["file"], "prepared shard")
-        return [] if isinstance(content, list) else [r["video_ref"] for r in content["records"] if "video_ref" in r]
+        return [r["video_ref"] for r in _mapped_records(self.dir / info["file"]) if "video_ref" in r]
 
     def _next_file(self) -> str:
         """A shard name no listed, set-aside or leftover file has."""
@@ -292,8 +308,8 @@ class ShardWriter:
         return f"shard-{max(taken, default=-1) + 1:05d}.pt"
 
     def adopt(self, directory: Path) -> list[str]:
-        """Take over the shards another writer of the same config wrote into ``directory`` (a DDP rank's or a
-        DataLoader run's own): each verified shard is moved in under a new name and listed, the failures of
+        """Take over the shards another writer of the same config wrote into ``directory`` (a DDP rank's
+        own): each verified shard is moved in under a new name and listed, the failures of
         samples not done are kept, and ``directory`` is removed. Returns one line per shard not taken (its
         samples are prepared again by the next run).
 

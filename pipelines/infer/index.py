@@ -45,7 +45,15 @@ from data_prep.datasets import VIDEO_EXTENSIONS
 from data_prep.datasets.items import not_a_file
 from data_prep.featurize import hashed_options
 from data_prep.locking import DirectoryLock, first_process
-from data_prep.shards import atomic_write, config_hash, file_sha256, load_tensors, remove_temporaries, tensor_bytes
+from data_prep.shards import (
+    atomic_write,
+    config_hash,
+    file_sha256,
+    load_tensors,
+    read_json_object,
+    remove_temporaries,
+    tensor_bytes,
+)
 
 from .ann import AUTO_VECTORS, build_ann, load_ann
 from .retrievers import ClipMeanP, TrainedRetriever, load_retriever
@@ -100,17 +108,6 @@ def _not_a_video(path: Path) -> str | None:
     if path.suffix.lower() not in VIDEO_EXTENSIONS:
         return f"not a video file extension ({path.suffix or 'none'}; indexed: {', '.join(VIDEO_EXTENSIONS)})"
     return not_a_file(path)
-
-
-def _read_json(path: Path, what: str) -> dict:
-    """A JSON object the project wrote; ValueError naming the file otherwise."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable {what} ({err})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: not a readable {what} (a JSON {type(value).__name__}, not an object)")
-    return value
 
 
 def featurization_hash(featurization: dict) -> str:
@@ -176,7 +173,7 @@ class Index:
         manifest_path = root / "index.json"
         if not manifest_path.is_file():
             raise FileNotFoundError(f"{root}: not an index (no index.json); build one with `mmhsa index`")
-        manifest = _read_json(manifest_path, "index manifest")
+        manifest = read_json_object(manifest_path, "index manifest")
         if manifest.get("format") != FORMAT:
             raise IndexMismatch(f"{root}: index format {manifest.get('format')} is not the supported {FORMAT}")
         index = cls(root, manifest)
@@ -236,7 +233,7 @@ def _checked_record(record_path: Path, manifest: dict) -> tuple[dict, dict]:
     Raises:
         ValueError: what is wrong (the caller names the shard).
     """
-    record = _read_json(record_path, "shard record")
+    record = read_json_object(record_path, "shard record")
     if not {"sha256", "bytes", "videos", "failures"} <= record.keys():
         raise ValueError(f"{record_path.name}: not a shard record (fields missing)")
     if record.get("model", manifest["model"]["version"]) != manifest["model"]["version"]:
@@ -433,7 +430,7 @@ def _open_or_create(root: Path, model: TrainedRetriever | ClipMeanP) -> Index:
     }
     path = root / "index.json"
     if path.is_file():
-        existing = _read_json(path, "index manifest")
+        existing = read_json_object(path, "index manifest")
         old = existing.get("model", {}).get("version")
         if old != model.version:
             raise IndexMismatch(
