@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import json
 
@@ -101,6 +102,21 @@ def test_generate_is_idempotent_and_refuses_another_config(corpus):
     assert (root / "videos" / "video0000.mp4").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="holds a synthetic corpus made with"):
         generate(root, CorpusConfig(num_videos=7, height=64, width=96))
+
+
+def test_generate_rewrites_only_the_annotations_when_only_the_texts_differ(corpus, tmp_path):
+    root, _ = corpus
+    copy = tmp_path / "copy"
+    generate(copy, SMALL)
+    stamp = (copy / "videos" / "video0000.mp4").stat().st_mtime_ns
+    more = dataclasses.replace(SMALL, questions_per_video=4)
+    summary = generate(copy, more)
+    assert summary["written_now"] == 0 and summary["config"] == dataclasses.asdict(more)
+    assert (copy / "videos" / "video0000.mp4").stat().st_mtime_ns == stamp
+    fresh = generate(tmp_path / "fresh", more)  # the same corpus as one made with the new texts from nothing
+    for name in ("msrvtt.json", "ground_truth.jsonl", "nextqa/train.csv", "nextqa/test.csv"):
+        assert (copy / name).read_text() == (tmp_path / "fresh" / name).read_text()
+    assert fresh["questions"] == summary["questions"] == 2 * generate(root, SMALL)["questions"]
 
 
 def test_generate_completes_a_partial_corpus_bit_exactly(corpus, tmp_path):
