@@ -1,11 +1,19 @@
 """Multiple-choice video QA on the joint hierarchy (video, optional transcript, question, candidates).
 
-One tree holds everything. After the encoder, each candidate reads the video: a query made of the
-question's and the candidate's leaf-means attends over the video's clips (their leaf-means), and the
-candidate is scored from its own, the question's, the video's and that read-out. HSA inside the encoder
-has already mixed every level (patches in a frame, frames in a clip, clips in the video, the video with
-the question and candidates); the read-out lets a candidate pick the clip it is about. Cross-entropy
-over the candidates; accuracy overall and per question type.
+One tree holds everything (its layout: :mod:`pipelines.train.layouts`). HSA inside the encoder mixes every
+level (patches in a frame, frames in a clip, clips in the video, the video with the question and
+candidates); but it ties attention on sibling blocks, so within a layer the question sees the video as one
+block and cannot single out "the clip with the red circle". The head after the encoder does that, in one of
+two ways (``head``):
+
+- ``pointer``: the question names a clip (attention over the clips' leaf-means, the *anchor*) and how far
+  from it the answer lies (a distribution over -``offsets``..+``offsets`` clips: "what happens after ..." is
+  +1); the anchor's weights moved by those offsets read the clips once, and every candidate is scored from
+  its own features, that read-out, their product and the question.
+- ``readout``: a query made of the question's and each candidate's leaf-means attends over the clips, and the
+  candidate is scored from its own, the question's, the video's features and that read-out.
+
+Cross-entropy over the candidates; accuracy overall and per question type.
 
 Open-ended QA (``answers``: a vocabulary) classifies instead: the question reads the video the same way
 and the answer is one of the vocabulary's texts (a sample's answer text: ``answer_text``, or its correct
@@ -29,9 +37,12 @@ from mmhsa.nn import pool_nodes
 
 from .batches import Batch
 from .fusion import FusionModule, mlp
+from .layouts import LAYOUTS, apply_layout
 from .metrics import qa_accuracy
 
-__all__ = ["QAModule"]
+__all__ = ["HEADS", "QAModule"]
+
+HEADS = ("readout", "pointer")  # how candidates read the clips (QAModule's ``head``)
 
 
 class QAModule(FusionModule):
@@ -41,19 +52,42 @@ class QAModule(FusionModule):
         head_hidden: hidden width of the candidate scorer (or of the answer classifier).
         answers: None for multiple choice; for open-ended QA the answer vocabulary, as a list or a text file
             with one answer per line (the checkpoint keeps the list itself).
+        head: how the question reads the clips, one of :data:`HEADS` (see the module's docstring).
+        offsets: the pointer head's reach: the answer lies -offsets..+offsets clips from the named one.
+        layout: where the question sits in the tree, one of :data:`~pipelines.train.layouts.LAYOUTS`.
         **fusion: encoder and optimiser settings (:class:`~pipelines.train.fusion.FusionModule`).
     """
 
     monitor = "val/acc"  # the validation metric the best checkpoint is chosen by
 
-    def __init__(self, head_hidden: int = 256, answers: list[str] | str | None = None, **fusion):
+    def __init__(
+        self,
+        head_hidden: int = 256,
+        answers: list[str] | str | None = None,
+        head: str = "readout",
+        offsets: int = 1,
+        layout: str = "joint",
+        **fusion,
+    ):
         super().__init__(**fusion)
+        if head not in HEADS:
+            raise ValueError(f"QAModule: head must be one of {HEADS}, got {head!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"QAModule: layout must be one of {LAYOUTS}, got {layout!r}")
+        if offsets < 0:
+            raise ValueError(f"QAModule: offsets must be >= 0, got {offsets}")
         self.vocabulary = read_vocabulary(answers) if answers is not None else None
         self.save_hyperparameters()
+        self.head, self.offsets, self.layout = head, offsets, layout
         dim = self.encoder.dim
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
-        if self.vocabulary is None:
+        if head == "pointer":
+            self.offset = nn.Linear(dim, 2 * offsets + 1)  # question -> where the answer lies from the named clip
+        if self.vocabulary is None and head == "pointer":
+            self.query = nn.Linear(dim, dim)  # the question names a clip
+            self.scorer = mlp(4 * dim, head_hidden, 1)  # candidate, read-out, their product, question
+        elif self.vocabulary is None:
             self.query = nn.Linear(2 * dim, dim)  # question and candidate
             self.scorer = mlp(4 * dim, head_hidden, 1)
         else:
@@ -94,9 +128,28 @@ class QAModule(FusionModule):
         weights = logits.masked_fill(clips[:, None, :] < 0, float("-inf")).softmax(-1)
         return weights @ self.value(c)
 
+    def _point(self, q: torch.Tensor, c: torch.Tensor, clips: torch.Tensor) -> torch.Tensor:
+        """Pointer read-out: the question names a clip (attention over the clips, ``anchor``) and says how far
+        from it the answer lies (a distribution over -offsets..+offsets clips); the anchor's weights moved
+        by those offsets read the clips. q [B, D], c [B, C, D], clips [B, C] (-1 pads) -> [B, D]."""
+        logits = self.query(q)[:, None] @ self.key(c).transpose(1, 2) / c.shape[-1] ** 0.5  # [B, 1, C]
+        anchor = logits[:, 0].masked_fill(clips < 0, float("-inf")).softmax(-1)  # [B, C]
+        shift = self.offset(q).softmax(-1)  # [B, 2 * offsets + 1], offset -offsets first
+        target = torch.zeros_like(anchor)
+        for i, o in enumerate(range(-self.offsets, self.offsets + 1)):
+            moved = torch.roll(anchor, o, dims=1)  # moved[j] = anchor[j - o]
+            if o > 0:
+                moved[:, :o] = 0
+            elif o < 0:
+                moved[:, o:] = 0
+            target = target + shift[:, i : i + 1] * moved
+        target = target.masked_fill(clips < 0, 0.0)  # weight moved past the last clip reads nothing
+        return (target[:, None] @ self.value(c))[:, 0]
+
     def forward(self, batch: Batch) -> torch.Tensor:
         """Candidate scores [B, K] (-inf where a sample has fewer than K candidates); open-ended: answer
         logits [B, len(vocabulary)]."""
+        batch = apply_layout(batch, self.layout)
         x = self.encode(batch)
         h = batch.hierarchy
         videos, questions, candidates, clips = self.slots(batch, open_ended=self.vocabulary is not None)
@@ -104,13 +157,20 @@ class QAModule(FusionModule):
         q = pool_nodes(x, h, questions)
         c = pool_nodes(x, h, clips.clamp(min=0).flatten()).view(*clips.shape, -1)  # [B, C, D]
         if self.vocabulary is not None:
-            read = self._read_clips(self.query(q)[:, None], c, clips)[:, 0]
+            if self.head == "pointer":
+                read = self._point(q, c, clips)
+            else:
+                read = self._read_clips(self.query(q)[:, None], c, clips)[:, 0]
             return self.classifier(torch.cat([q, v, read], -1))
         a = pool_nodes(x, h, candidates.clamp(min=0).flatten()).view(*candidates.shape, -1)  # [B, K, D]
         k = candidates.shape[1]
         q_k = q[:, None].expand(-1, k, -1)
-        read = self._read_clips(self.query(torch.cat([q_k, a], -1)), c, clips)  # [B, K, D]
-        scores = self.scorer(torch.cat([a, q_k, v[:, None].expand(-1, k, -1), read], -1))[..., 0]
+        if self.head == "pointer":
+            read = self._point(q, c, clips)[:, None].expand(-1, k, -1)  # one read-out, every candidate meets it
+            scores = self.scorer(torch.cat([a, read, a * read, q_k], -1))[..., 0]
+        else:
+            read = self._read_clips(self.query(torch.cat([q_k, a], -1)), c, clips)  # [B, K, D]
+            scores = self.scorer(torch.cat([a, q_k, v[:, None].expand(-1, k, -1), read], -1))[..., 0]
         return scores.masked_fill(candidates < 0, float("-inf"))
 
     def answers(self, batch: Batch) -> torch.Tensor:

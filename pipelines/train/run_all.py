@@ -6,7 +6,9 @@ then tests the best checkpoint on the held-out test split, and prints one table 
 ``runs/train_all/results.json`` too) with the time taken. QA starts from the retrieval model's encoder of
 the same mixer (``init_from``): the contrastive task grounds words in the video first. The re-ranker starts
 from the HSA retrieval encoder too and draws its hard negatives from that dual encoder; its row gives the
-dual encoder's R@1 on the same split next to the re-ranked one. The HSA models become the defaults of
+dual encoder's R@1 on the same split next to the re-ranked one. Each QA model is also scored with every
+test question given another video's features (``acc_other_video``, :mod:`pipelines.train.probes`): near
+chance when it reads the video. The HSA models become the defaults of
 ``mmhsa index|search|ask|explain`` (``runs/default/``).
 
     python -m pipelines.train.run_all [--mixers hsa flat mean] [--tasks retrieval qa] [--max-epochs N] [--limit N]
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 
 from .lightning_cli import lightning_cli
+from .probes import other_video_accuracy
 
 __all__ = ["DEFAULT_CHECKPOINTS", "main", "run"]
 
@@ -37,7 +40,7 @@ RECIPES = {
 MIXERS = {"hsa": "HSA", "flat": "FSA (flat)", "mean": "mean pool"}
 COLUMNS = {
     "retrieval": ["t2v_R@1", "t2v_R@5", "t2v_R@10", "v2t_R@1", "v2t_R@5", "v2t_R@10", "forward_vs_reversed"],
-    "qa": ["acc", "acc_direction", "acc_colour_after", "acc_next", "acc_previous"],
+    "qa": ["acc", "acc_direction", "acc_colour_after", "acc_next", "acc_previous", "acc_other_video"],
     "rerank": ["dual_t2v_R@1", "t2v_R@1", "t2v_R@5", "t2v_R@10"],
 }
 
@@ -62,6 +65,11 @@ def run(task: str, mixer: str, root: Path, extra: list[str]) -> dict:
     fit_seconds = time.perf_counter() - started
     tested = cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best", verbose=False)[0]
     metrics = {k.split("/", 1)[1]: v for k, v in tested.items() if k.startswith("test/")}
+    if task == "qa":  # does it read the video? (the best weights are loaded by the test above)
+        for row in other_video_accuracy(cli.model, cli.datamodule.splits["test"]):
+            suffix = "" if row["type"] == "all" else f"_{row['type']}"
+            metrics[f"acc_other_video{suffix}"] = row["accuracy_other_video"]
+            metrics[f"acc_swappable{suffix}"] = row["accuracy"]  # the same questions with their own video
     return {
         "task": task,
         "mixer": mixer,

@@ -82,11 +82,22 @@ def test_qa_scores_mask_missing_candidates():
     assert torch.isfinite(scores[0]).all() and torch.isinf(scores[1, 3:]).all() and torch.isfinite(scores[1, :3]).all()
 
 
-@pytest.mark.parametrize("mixer", ["hsa", "flat", "mean"])
-def test_qa_learns_a_readable_answer(mixer):
+@pytest.mark.parametrize(
+    "mixer, head, layout",
+    [
+        ("hsa", "readout", "joint"),
+        ("flat", "readout", "joint"),
+        ("mean", "readout", "joint"),
+        ("hsa", "pointer", "joint"),
+        ("flat", "pointer", "joint"),
+        ("mean", "pointer", "question_in_clips"),
+        ("hsa", "pointer", "question_in_clips"),
+    ],
+)
+def test_qa_learns_a_readable_answer(mixer, head, layout):
     """Overfitting one batch: the answer's index is written into the video features."""
     torch.manual_seed(0)
-    model = QAModule(mixer=mixer, dim=32, depth=2, heads=2, dropout=0.0)
+    model = QAModule(mixer=mixer, dim=32, depth=2, heads=2, dropout=0.0, head=head, layout=layout)
     batch = collate([qa_sample(i) for i in range(10)])
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
