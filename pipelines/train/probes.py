@@ -38,10 +38,10 @@ def swapped_videos(samples: Sequence[Sample]) -> list[tuple[Sample, Sample]]:
     pairs = []
     video = MODALITIES.index("video")
     for group in groups.values():
-        videos = sorted({s.meta["video_id"] for s in group})
+        videos = sorted({_video_id(s) for s in group})
         if len(videos) < 2:
             continue
-        by_video = {v: [s for s in group if s.meta["video_id"] == v] for v in videos}
+        by_video = {v: [s for s in group if _video_id(s) == v] for v in videos}
         for i, v in enumerate(videos):
             donor = by_video[videos[(i + 1) % len(videos)]][0]  # the next video of the same shape
             for s in by_video[v]:
@@ -71,7 +71,7 @@ def other_video_accuracy(model: QAModule, samples: Sequence[Sample], batch_size:
         raise ValueError("no two videos of the same tree shape: the probe has nothing to swap")
     own = _correct(model, [p[0] for p in pairs], batch_size)
     other = _correct(model, [p[1] for p in pairs], batch_size)
-    chance = [1 / len(p[0].meta["candidates"]) for p in pairs]
+    chance = [1 / _candidates(p[0]) for p in pairs]
     types = [p[0].meta.get("type", "") for p in pairs]
     rows = []
     for kind in [None, *sorted(set(types))]:
@@ -86,3 +86,14 @@ def other_video_accuracy(model: QAModule, samples: Sequence[Sample], batch_size:
             }
         )
     return rows
+
+
+def _video_id(sample: Sample) -> str:
+    """The sample's video (questions of one video never trade with each other); a sample without a
+    ``video_id`` is a video of its own."""
+    return str(sample.meta.get("video_id", sample.id))
+
+
+def _candidates(sample: Sample) -> int:
+    """How many candidate answers the sample's tree holds."""
+    return sum(key.startswith("answer_") for key in sample.hierarchy.keyed_children(0))

@@ -13,6 +13,9 @@ chance when it reads the video. The HSA models become the defaults of
 
     python -m pipelines.train.run_all [--mixers hsa flat mean] [--tasks retrieval qa] [--max-epochs N] [--limit N]
                                   [--set=--model.init_args.depth=3 ...]
+
+With ``--tasks`` leaving some out, the runs of those kept from the last ``results.json`` under ``--root`` are
+reused (QA and the re-ranker start from the retrieval models there) and stay in the table.
 """
 
 from __future__ import annotations
@@ -117,9 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.root)
     started = time.perf_counter()
     results = []
+    earlier = earlier_results(root, args.tasks)
     for task in args.tasks:
         for mixer in args.mixers:
-            pretrained = [r["best_checkpoint"] for r in results if r["task"] == "retrieval" and r["mixer"] == mixer]
+            pretrained = [
+                r["best_checkpoint"] for r in results + earlier if r["task"] == "retrieval" and r["mixer"] == mixer
+            ]
             if task == "rerank" and (mixer != "hsa" or not pretrained):
                 continue  # the re-ranker is trained for HSA, on its own dual encoder's hard negatives
             init = ["--model.init_args.init_from", pretrained[0]] if task != "retrieval" and pretrained else []
@@ -128,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run(task, mixer, root, extra + init))
             print(f"{task} {mixer}: {results[-1]['metrics']} ({results[-1]['seconds']} s)", flush=True)
     total = time.perf_counter() - started
-    report = table(results)
+    report = table(earlier + results)
     print(f"\nHeld-out test split of the embedded corpus ({total / 60:.1f} min of training and testing):\n")
+    if earlier:
+        print(f"(the {', '.join(dict.fromkeys(r['task'] for r in earlier))} rows are an earlier run's, {root})\n")
     print(report)
     root.mkdir(parents=True, exist_ok=True)
     for r in results:  # the HSA models become the defaults of `mmhsa index|search|ask|explain`
@@ -139,8 +147,26 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copyfile(r["best_checkpoint"], target.with_suffix(".tmp"))
             os.replace(target.with_suffix(".tmp"), target)
             print(f"default {r['task']} model: {target}")
-    (root / "results.json").write_text(json.dumps({"results": results, "seconds": round(total, 1)}, indent=1))
+    summary = {"results": earlier + results, "seconds": round(total, 1)}
+    if earlier:
+        summary["earlier_seconds"] = round(sum(r["seconds"] for r in earlier), 1)
+    (root / "results.json").write_text(json.dumps(summary, indent=1))
     return 0
+
+
+def earlier_results(root: Path, tasks: list[str]) -> list[dict]:
+    """The rows of the tasks not run now from ``root``'s last ``results.json`` whose checkpoints still exist
+    (``--tasks rerank`` trains the re-ranker on the retrieval models already there)."""
+    path = root / "results.json"
+    if not path.is_file():
+        return []
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))["results"]
+    except (ValueError, KeyError, TypeError) as err:
+        print(f"{path}: unreadable ({err}); earlier runs are not reused")
+        return []
+    kept = [r for r in rows if r["task"] not in tasks]
+    return [r for r in kept if r.get("best_checkpoint") and Path(r["best_checkpoint"]).is_file()]
 
 
 if __name__ == "__main__":
