@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 DEPS_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 
-.PHONY: help setup prepare train test test-fast lint bench-op demo bench-index bench-decode bench-shots bench-prepare bench-long bench-search bench-inject probe-motion probe-video-swap
+.PHONY: help setup prepare train test test-fast lint bench-op demo bench-index bench-decode bench-shots bench-prepare bench-long bench-search bench-inject probe-motion probe-video-swap bench-qa-designs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -81,3 +81,6 @@ probe-motion: prepare  ## can a clip's leaf-mean learn its scene's motion? super
 
 probe-video-swap: setup  ## does the QA model read the video? accuracy with another video's features (after make train)
 	$(PY) benchmarks/probe_video_swap.py $(ARGS)
+
+bench-qa-designs: setup  ## QA designs (read-out, pointer, question in clips) x (HSA, FSA, mean pool) with the video-swap probe (after make train)
+	$(PY) benchmarks/qa_designs.py $(ARGS)

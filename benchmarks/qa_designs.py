@@ -12,7 +12,9 @@ Designs (``QAModule`` settings; :mod:`pipelines.train.qa`, :mod:`pipelines.train
 
 Every run is ``make train``'s QA run (same recipe, seeds and epochs; the encoder starts from ``make train``'s
 retrieval checkpoint of the same mixer, read from ``runs/train_all/results.json``), then the video-swap
-probe (:mod:`pipelines.train.probes`). Needs ``make train`` first.
+probe (:mod:`pipelines.train.probes`). The recipe's own design (its head and layout, ``pointer``) is
+``make train``'s QA runs themselves: their rows are taken from that file (``--rerun`` trains them again).
+Needs ``make train`` first.
 
     python benchmarks/qa_designs.py [--designs readout pointer question_in_clips] [--mixers hsa flat mean]
                                     [--max-epochs N] [--limit N]
@@ -30,13 +32,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.train.run_all import COLUMNS, MIXERS, run  # noqa: E402
+import yaml  # noqa: E402
+
+from pipelines.train.run_all import COLUMNS, MIXERS, RECIPES, run  # noqa: E402
 
 DESIGNS = {
     "readout": ["--model.init_args.head", "readout", "--model.init_args.layout", "joint"],
     "pointer": ["--model.init_args.head", "pointer", "--model.init_args.layout", "joint"],
     "question_in_clips": ["--model.init_args.head", "pointer", "--model.init_args.layout", "question_in_clips"],
 }
+
+
+def recipe_design() -> str | None:
+    """The design of make train's QA recipe (its head and layout), if it is one of :data:`DESIGNS`."""
+    settings = yaml.safe_load(Path(RECIPES["qa"]).read_text())["model"]["init_args"]
+    chosen = ["--model.init_args.head", settings.get("head", "readout")]
+    chosen += ["--model.init_args.layout", settings.get("layout", "joint")]
+    return next((name for name, args in DESIGNS.items() if args == chosen), None)
 
 
 def main() -> int:
@@ -47,6 +59,7 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=None, help="samples per split (quick runs)")
     parser.add_argument("--retrieval", default="runs/train_all/results.json", help="make train's results")
     parser.add_argument("--root", default="runs/qa_designs")
+    parser.add_argument("--rerun", action="store_true", help="train the recipe's design again too")
     args = parser.parse_args()
     trained = Path(args.retrieval)
     if not trained.is_file():
@@ -54,6 +67,7 @@ def main() -> int:
         return 2
     runs = json.loads(trained.read_text())["results"]
     encoders = {r["mixer"]: r["best_checkpoint"] for r in runs if r["task"] == "retrieval"}
+    recipe_runs, own = {r["mixer"]: r for r in runs if r["task"] == "qa"}, recipe_design()
     missing = [m for m in args.mixers if not encoders.get(m) or not Path(encoders[m]).is_file()]
     if missing:
         print(f"{trained}: no retrieval checkpoint for {', '.join(missing)}; run make train first")
@@ -66,6 +80,10 @@ def main() -> int:
     root, started, results = Path(args.root), time.perf_counter(), []
     for design in args.designs:
         for mixer in args.mixers:
+            if design == own and mixer in recipe_runs and not (args.rerun or args.max_epochs or args.limit):
+                results.append({"design": design, "from": str(trained), **recipe_runs[mixer]})
+                print(f"{design} {mixer}: make train's run ({trained})", flush=True)
+                continue
             init = ["--model.init_args.init_from", encoders[mixer]]
             result = run("qa", mixer, root / design, extra + DESIGNS[design] + init)
             results.append({"design": design, **result})
@@ -74,7 +92,8 @@ def main() -> int:
     lines = ["| design | mixer | " + " | ".join(columns) + " | train s |", "|---" * (len(columns) + 3) + "|"]
     for r in results:
         values = " | ".join(f"{r['metrics'][c]:.3f}" if c in r["metrics"] else "-" for c in columns)
-        lines.append(f"| {r['design']} | {MIXERS[r['mixer']]} | {values} | {r['fit_seconds']:.0f} |")
+        mark = " (make train)" if "from" in r else ""
+        lines.append(f"| {r['design']}{mark} | {MIXERS[r['mixer']]} | {values} | {r['fit_seconds']:.0f} |")
     total = time.perf_counter() - started
     print(f"\nQA designs, held-out test split of the embedded corpus ({total / 60:.1f} min):\n")
     print("\n".join(lines))

@@ -68,7 +68,8 @@ def models(tmp_path_factory):
     pl.seed_everything(0)
     retrieval = _train(tmp, "retrieval", RetrievalModule(embed_dim=16, **SIZES), [caption_sample(i) for i in range(8)])
     other = _train(tmp, "retrieval", RetrievalModule(embed_dim=16, **SIZES), [caption_sample(i) for i in range(8)], 1)
-    qa = _train(tmp, "qa", QAModule(head_hidden=16, **SIZES), [qa_sample(i) for i in range(8)])
+    qa_model = QAModule(head_hidden=16, head="pointer", **SIZES)  # the recipes' head
+    qa = _train(tmp, "qa", qa_model, [qa_sample(i) for i in range(8)])
     rerank = _train(
         tmp,
         "retrieval",
