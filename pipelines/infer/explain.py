@@ -1,14 +1,15 @@
 """``mmhsa explain VIDEO "text" --out attention.png``: where a text's attention goes in a video.
 
-The video and the text form one joint tree, as a question in QA training (video, question), and go
-through the QA model's encoder. In every layer the dense HSA matrix is read back: exactly the weights
-the model applied. HSA ties attention on sibling blocks, so within one layer a word gives every leaf of
-the video the same weight (it attends to the video as a block); where inside the video that attention
-lands is decided by the video's own attention in the layers before (clips to clips, frames to frames,
-patches to patches). Attention rollout composes the layers (per layer half residual, half attention,
-heads averaged; Abnar & Zuidema 2020), and the text's tokens' rows of the product, restricted to the
-video's patches, are summed per frame and per clip. The picture: the share of each clip (with its time
-span), every sampled frame with its share, and on the top frames the patches' shares drawn over it.
+The video and the text form one joint tree, as a question in QA training (video, question; in the model's
+layout, :mod:`pipelines.train.layouts`), and go through the QA model's encoder. In every layer the dense
+HSA matrix is read back: exactly the weights the model applied. HSA ties attention on sibling blocks, so
+within one layer a word gives every leaf of the video the same weight (it attends to the video as a
+block); where inside the video that attention lands is decided by the video's own attention in the layers
+before (clips to clips, frames to frames, patches to patches). Attention rollout composes the layers (per
+layer half residual, half attention, heads averaged; Abnar & Zuidema 2020), and the text's tokens' rows of
+the product, restricted to the video's patches, are summed per frame and per clip. The picture: the share
+of each clip (with its time span), every sampled frame with its share, and on the top frames the patches'
+shares drawn over it.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from pathlib import Path
 import torch
 
 from data_prep.assemble import assemble
+from data_prep.schema import MODALITIES
 from data_prep.text import split_sentences
 from data_prep.video import open_video
 from pipelines.train.batches import collate
+from pipelines.train.layouts import apply_layout
 
 from .checkpoints import TrainedModel, load_model
 
@@ -47,11 +50,13 @@ def attention_map(model: TrainedModel, video: str | Path, text: str) -> dict:
     clips = featurizer.featurize(featurizer.open_group([Path(video)])[0], model.featurization.limits.max_clips)
     words = model.texts([split_sentences(text)])
     sample = assemble("explain", video=clips, texts={"question": words}, limits=model.featurization.limits)
-    batch = collate([sample]).to(module.device)
+    batch = apply_layout(collate([sample]), getattr(module, "layout", "joint")).to(module.device)  # as trained
     h = batch.hierarchy
     keys = h.keyed_children(0)
     v0, v1 = int(h.leaf_start[keys["video"]]), int(h.leaf_end[keys["video"]])
     t0, t1 = int(h.leaf_start[keys["question"]]), int(h.leaf_end[keys["question"]])
+    # the video's patches (a layout may put copies of the question among them)
+    patches = v0 + torch.nonzero(batch.leaf_modality[v0:v1].cpu() == MODALITIES.index("video")).flatten()
     inputs = []
     hooks = [
         block.attn.register_forward_pre_hook(lambda _, args: inputs.append(args)) for block in module.encoder.blocks
@@ -69,7 +74,7 @@ def attention_map(model: TrainedModel, video: str | Path, text: str) -> dict:
     for block, args in zip(module.encoder.blocks, inputs):
         theta = block.attn.weights(*args).double().mean(0).cpu()  # [N, N]
         rollout = (0.5 * theta + 0.5 * eye) @ rollout
-    share = rollout[t0:t1, v0:v1].mean(0)
+    share = rollout[t0:t1][:, patches].mean(0)
     share /= share.sum().clamp_min(1e-30)
     grid = clips[0].patches.shape[1:3]
     shares, at = [], 0
