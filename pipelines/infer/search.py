@@ -193,7 +193,11 @@ class Searcher:
         if not kept:
             return hits
         text, _ = text_trees(model, [query])
-        scores = model.module.score_pairs(videos, [text], [(v, 0) for v in range(len(videos))]).float().cpu().tolist()
+        # the prior of the residual re-ranker: each hit's first-stage score, the cosine of the query and the
+        # video by the index's retrieval model (the re-ranker's dual encoder when the index was built with it)
+        prior = torch.tensor([hit["score"] for hit in kept])
+        pairs = [(v, 0) for v in range(len(videos))]
+        scores = model.module.score_pairs(videos, [text], pairs, prior).float().cpu().tolist()
         for hit, score in zip(kept, scores):
             hit["rerank_score"] = round(score, 4)
         ordered = sorted(kept, key=lambda h: -h["rerank_score"]) + [h for h in hits if "rerank_score" not in h]

@@ -227,12 +227,14 @@ class FusionModule(pl.LightningModule):
                 f"machine OMP_NUM_THREADS={saved} resumes exactly"
             )
 
-    def configure_optimizers(self):
+    def optimizer_groups(self) -> list[dict]:
+        """AdamW's parameter groups: weight decay on weight matrices (embeddings aside), none on the rest."""
         decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "embedding" not in n]
         rest = [p for n, p in self.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=self.lr
-        )
+        return [{"params": decay, "weight_decay": self.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.optimizer_groups(), lr=self.lr)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(self.warmup_steps, total // 2)
 

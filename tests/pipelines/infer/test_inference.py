@@ -368,6 +368,22 @@ def test_search_with_rerank(index, models):
         searcher.search("a red circle", k=3, level="clip", rerank=True)
 
 
+def test_search_with_an_untrained_correction_keeps_the_index_order(index, models, tmp_path):
+    """The re-ranker is residual (a * prior + delta): with delta's last layer at its zero start, the prior, each
+    hit's first-stage score, decides alone."""
+    state = torch.load(models["rerank"], weights_only=True)
+    last = max(int(k.split(".")[1]) for k in state["state_dict"] if k.startswith("scorer."))
+    for part in ("weight", "bias"):
+        state["state_dict"][f"scorer.{last}.{part}"].zero_()
+    torch.save(state, tmp_path / "untrained.ckpt")
+    searcher = Searcher(str(index[0]), reranker=str(tmp_path / "untrained.ckpt"))
+    plain = searcher.search("a red circle moves up", k=3)["hits"]
+    hits = searcher.search("a red circle moves up", k=3, rerank=True)["hits"]
+    assert [h["video"] for h in hits] == [h["video"] for h in plain]
+    a = state["state_dict"]["prior_log_scale"].exp().item()
+    assert [h["rerank_score"] for h in hits] == pytest.approx([a * h["score"] for h in plain], abs=1e-3)
+
+
 def test_rerank_validation_reports_dual_and_reranked(models, tmp_path):
     data = tmp_path / "data"
     with ShardWriter(data, {"task": {"name": "retrieval"}, **FEATURIZATION}) as writer:
