@@ -68,6 +68,14 @@ class Searcher:
                 f"loaded is {self.model.version} ({self.model.path}): re-index with it, or search with "
                 "the index's model"
             )
+        dual = getattr(self.reranker.module, "dual_sha256", None) if self.reranker else None
+        built = recorded.get("sha256") or recorded["version"].rsplit(":", 1)[-1]  # older indexes: 16 hex digits
+        if dual and not dual.startswith(built):
+            raise IndexMismatch(
+                f"re-ranker {self.reranker.path} corrects the scores of the dual encoder {dual[:16]}; {index} was "
+                f"built with {recorded['version']} ({recorded['path']}), whose scores it was not trained on: "
+                "index with that dual encoder, or train a re-ranker over this index's model"
+            )
 
     def embed(self, queries: list[str]) -> tuple[torch.Tensor, list[dict]]:
         """[Q, E] unit query vectors; and what the limits dropped of each (very long queries)."""

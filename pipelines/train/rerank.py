@@ -17,11 +17,13 @@ gain is measured in the same run.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_prep.shards import file_sha256
 from mmhsa import Hierarchy
 from mmhsa.nn import pool_nodes
 
@@ -70,6 +72,8 @@ class RerankModule(FusionModule):
             candidates evaluation re-ranks are its top ones).
         rerank_k: candidates per caption re-ranked in evaluation.
         head_hidden: hidden width of the correction ``delta``.
+        dual_sha256: the sha256 of the dual encoder's checkpoint file, recorded from ``dual_encoder`` (a loaded
+            re-ranker keeps it): its priors are that model's cosines, so it re-ranks only that model's indexes.
         head_lr: learning rate of ``delta`` and ``a`` (None: ``lr``). Starting at zero, delta's last layer grows
             by about the learning rate per Adam step, so at the encoder's rate it stays too small within a short
             run to move any candidate (measured: its largest weight under 0.01 after 22 and 44 steps at 5e-4).
@@ -87,6 +91,7 @@ class RerankModule(FusionModule):
         rerank_k: int = 10,
         head_hidden: int = 256,
         head_lr: float | None = None,
+        dual_sha256: str | None = None,
         **fusion,
     ):
         super().__init__(**fusion)
@@ -102,6 +107,9 @@ class RerankModule(FusionModule):
         if dual_encoder:
             self._dual[0] = RetrievalModule.from_checkpoint(dual_encoder).eval().requires_grad_(False)
             scale = self._dual[0].logit_scale.detach().clamp(max=math.log(100.0))  # its training-time clamp
+            dual_sha256 = file_sha256(Path(dual_encoder))
+            self.hparams["dual_sha256"] = dual_sha256  # saved: search checks an index's model against it
+        self.dual_sha256 = dual_sha256
         # log a: a stays positive (a higher first-stage score never counts against a pair)
         self.prior_log_scale = nn.Parameter(scale.clone().float())
         self._outputs: list = []

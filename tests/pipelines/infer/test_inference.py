@@ -384,6 +384,16 @@ def test_search_with_an_untrained_correction_keeps_the_index_order(index, models
     assert [h["rerank_score"] for h in hits] == pytest.approx([a * h["score"] for h in plain], abs=1e-3)
 
 
+def test_a_reranker_refuses_an_index_of_another_dual_encoder(corpus, models, tmp_path, capsys):
+    """Its prior is its own dual encoder's cosine: another model's index scores are not what it learnt on."""
+    out = tmp_path / "other"
+    build_index([corpus / "videos" / "video0000.mp4"], out, checkpoint=str(models["other"]), progress=False)
+    with pytest.raises(IndexMismatch, match="corrects the scores of the dual encoder"):
+        Searcher(str(out), reranker=str(models["rerank"]))
+    args = ["search", str(out), "a red circle", "--rerank", "--rerank-ckpt", str(models["rerank"])]
+    assert main(args) == 2 and "whose scores it was not trained on" in capsys.readouterr().err
+
+
 def test_rerank_validation_reports_dual_and_reranked(models, tmp_path):
     data = tmp_path / "data"
     with ShardWriter(data, {"task": {"name": "retrieval"}, **FEATURIZATION}) as writer:
