@@ -10,10 +10,7 @@ from tests.pipelines.samples import caption_sample, qa_sample
 
 def rows(tree, node, modality):
     """The feature rows of ``modality`` under ``node``, in leaf order."""
-    h, m = tree.hierarchy, MODALITIES.index(modality)
-    start, end = int(h.leaf_start[node]), int(h.leaf_end[node])
-    before = int((tree.leaf_modality[:start] == m).sum())
-    return tree.features[modality][before : before + int((tree.leaf_modality[start:end] == m).sum())]
+    return sample_part(tree, node).features[modality]
 
 
 @pytest.mark.parametrize("i", [0, 1, 2])  # 1, 2 and 3 clips
